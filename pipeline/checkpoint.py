@@ -1,0 +1,72 @@
+"""Training checkpoints (DeepSpeed engine state + what DeepSpeed does not save) and HF model export.
+
+A checkpoint is ``<run>/checkpoints/step<N>/`` written by ``engine.save_checkpoint``; DeepSpeed's
+``latest`` file names the newest one. DeepSpeed saves model, optimizer and LR-scheduler state but
+no RNG state and no data position, so we add: the training progress (step, consumed samples and
+tokens) in ``client_state``, and each rank's RNG states in ``rng_rank<r>.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import save_file
+
+from pipeline.engine import full_fp32_state_dict
+
+
+def latest_tag(checkpoint_dir: Path) -> str | None:
+    pointer = checkpoint_dir / "latest"
+    return pointer.read_text().strip() if pointer.exists() else None
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save(engine, checkpoint_dir: Path, progress: dict, rank: int) -> None:
+    """Collective: every rank must call it at the same step."""
+    tag = f"step{progress['step']}"
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"progress": progress})
+    torch.save(_rng_state(), checkpoint_dir / tag / f"rng_rank{rank}.pt")
+    dist.barrier()  # nobody proceeds (or exits) before every rank's files are written
+
+
+def load(engine, checkpoint_dir: Path, rank: int) -> dict:
+    """Restore the engine and RNG from the newest checkpoint; returns the saved progress."""
+    tag = latest_tag(checkpoint_dir)
+    path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {checkpoint_dir / str(tag)}")
+    _set_rng_state(torch.load(checkpoint_dir / tag / f"rng_rank{rank}.pt", weights_only=False))
+    return client_state["progress"]
+
+
+def save_hf_model(engine, hf_config, tokenizer, out_dir: Path, rank: int, max_shard_size: str = "2GB") -> None:
+    """Write the engine's weights as a plain Hugging Face model dir (sharded safetensors, config,
+    tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads. Collective."""
+    state = full_fp32_state_dict(engine, rank)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
+                                                   max_shard_size=max_shard_size)
+        for filename, names in split.filename_to_tensors.items():
+            save_file({n: state[n].contiguous() for n in names}, out_dir / filename, metadata={"format": "pt"})
+        if split.is_sharded:
+            index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+            (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        hf_config.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    dist.barrier()

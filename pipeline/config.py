@@ -1,0 +1,364 @@
+"""Typed configuration: the single source of truth for every stage.
+
+A run is described by a named YAML recipe (``pipeline/recipes/<name>.yaml``) or a YAML path, plus
+dotted command-line overrides (``train.lr=3e-4`` or ``--train.lr 3e-4``). Precedence:
+command line > recipe file > dataclass defaults. Everything is validated before any work starts;
+the resolved config is written into the run directory by the stage that uses it.
+
+New stages (grow, prune) add a dataclass section to ``Config``; loading, overriding, type checking
+and YAML round-trips work for any section without further code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A recipe, override or DeepSpeed JSON that cannot work. The message names the fix."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/tiny"
+    """Run directory: resolved config, checkpoints, TensorBoard events, metrics.jsonl, final HF model."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "stdlib"
+    """Corpus: "stdlib" (the running interpreter's standard library .py files), a local .txt/.jsonl
+    file or directory, a `datasets` dataset saved with save_to_disk, or "hf:<hub name>"."""
+    text_field: str = "text"
+    """Column / JSONL key holding the text."""
+    validation_fraction: float = 0.05
+    """Share of documents (files, for file sources) held out for validation; chosen by a stable hash."""
+    tokenizer: str = "stdlib-2k"
+    """Tokenizer name: trained into tokenizers/<name>/ by prepare, or a path to an existing HF tokenizer dir."""
+    vocab_size: int = 2048
+    """Sentencepiece vocabulary size (special tokens included)."""
+    tokenizer_train_chars: int = 20_000_000
+    """At most this many characters of training text are fed to sentencepiece."""
+    seq_len: int = 128
+    """Tokens per packed training sample."""
+    output_dir: str = "data/stdlib-2k-128"
+    """Where prepare writes the packed, memory-mapped token files."""
+    num_proc: int = 2
+    """Worker processes for tokenization."""
+    order_seed: int = 1234
+    """Seed of the global sample permutation (one permutation per epoch)."""
+
+
+@dataclass
+class ModelConfig:
+    size: str = "llama-micro"
+    """Named size from pipeline/models/sizes.py (family and shape); fields below override it."""
+    layers: typing.Optional[int] = None
+    """Number of transformer blocks."""
+    hidden: typing.Optional[int] = None
+    """Residual stream width."""
+    heads: typing.Optional[int] = None
+    """Attention (query) heads."""
+    kv_heads: typing.Optional[int] = None
+    """Key/value heads (LLaMA grouped-query attention; must divide heads; GPT-2 requires == heads)."""
+    ffn: typing.Optional[int] = None
+    """MLP hidden width."""
+    max_positions: typing.Optional[int] = None
+    """Longest sequence the model accepts."""
+    activation_checkpointing: bool = False
+    """Recompute block activations in backward (less memory, ~1/3 more compute)."""
+
+
+@dataclass
+class TrainConfig:
+    deepspeed_config: str = "zero2"
+    """A JSON in ds_configs/ (name without .json) or a path. Batch, clipping and optimizer come from
+    this recipe, not the JSON."""
+    micro_batch_size: int = 8
+    """Samples per rank per forward/backward."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    global_batch_size: typing.Optional[int] = None
+    """If set, must equal micro_batch_size * grad_accum_steps * data-parallel ranks (checked at launch)."""
+    steps: int = 200
+    """Optimizer steps in the run (the LR schedule spans exactly these)."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay floor as a fraction of lr."""
+    warmup_steps: int = 20
+    """Linear warmup from 0 to lr."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on matrices (not on norms, biases or embeddings)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping (0 disables)."""
+    eval_interval: int = 50
+    """Validate every this many steps (and at the end)."""
+    eval_batches: int = 4
+    """Validation micro-batches per rank: a fixed set, identical count on every rank."""
+    checkpoint_interval: int = 100
+    """Save a DeepSpeed checkpoint every this many steps (and at the end)."""
+    log_interval: int = 10
+    """Console / TensorBoard / JSONL logging interval in steps."""
+    seed: int = 0
+    """Seed of model initialization and every RNG."""
+    init_from: typing.Optional[str] = None
+    """HF model dir to start from (weights only; optimizer and step start fresh). Not a resume."""
+    save_hf: bool = True
+    """Write the final weights as a Hugging Face model dir (<run>/hf) for the next stage."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.to_yaml())
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: recipe -> dict, overrides -> dict, dict -> typed dataclasses.
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def _read_recipe(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"recipe {name_or_path!r} not found: give a YAML path or one of {recipe_names()}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``["train.lr=1e-3", "--model.size", "gpt2-nano"]`` -> nested dict with YAML-typed values."""
+    tree: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            arg = arg[2:]
+            if "=" not in arg:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"override --{arg} has no value")
+                arg = f"{arg}={args[i + 1]}"
+                i += 1
+        if "=" not in arg or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(f"cannot read override {args[i]!r}: use section.key=value, e.g. train.lr=3e-4")
+        key, raw = arg.split("=", 1)
+        _set_dotted(tree, key, yaml.safe_load(raw) if raw else "")
+        i += 1
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _coerce(value, annotation, where: str):
+    """Check ``value`` against a field annotation; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(annotation):
+            return None
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if annotation in (int, float, str, bool) and type(value) is annotation:
+        return value
+    raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{where}{k}' for k in unknown)}; "
+                          f"valid keys here: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}{name}")
+    return cls(**kwargs)
+
+
+def load_config(recipe: str, overrides: list[str] | None = None) -> Config:
+    """Recipe name or path + dotted overrides -> a validated ``Config``."""
+    tree = _merge(_read_recipe(recipe), parse_overrides(overrides or []))
+    config = _build(Config, tree, "")
+    validate(config)
+    return config
+
+
+def parse_stage_args(description: str, argv: list[str] | None = None,
+                     add_arguments=None) -> tuple[Config, argparse.Namespace]:
+    """Shared command line of every stage: ``--config <recipe>``, stage flags, then dotted overrides."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default="tiny", help=f"recipe name {recipe_names()} or YAML path")
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by `deepspeed`
+    if add_arguments is not None:
+        add_arguments(parser)
+    args, rest = parser.parse_known_args(argv)
+    try:
+        return load_config(args.config, rest), args
+    except ConfigError as err:
+        parser.exit(2, f"config error: {err}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of values that type-check but cannot work.
+
+
+def validate(config: Config) -> None:
+    from pipeline.models.sizes import resolve_shape  # late import: sizes imports this module
+
+    d, t = config.data, config.train
+    for name in ("vocab_size", "seq_len", "num_proc", "tokenizer_train_chars"):
+        if getattr(d, name) <= 0:
+            raise ConfigError(f"data.{name} must be positive, got {getattr(d, name)}")
+    if d.vocab_size < 16:
+        raise ConfigError(f"data.vocab_size={d.vocab_size} is too small for a sentencepiece model (use >= 16)")
+    if not 0 < d.validation_fraction < 1:
+        raise ConfigError(f"data.validation_fraction must be in (0, 1), got {d.validation_fraction}")
+    for name in ("micro_batch_size", "grad_accum_steps", "steps", "eval_interval", "eval_batches",
+                 "checkpoint_interval", "log_interval"):
+        if getattr(t, name) <= 0:
+            raise ConfigError(f"train.{name} must be positive, got {getattr(t, name)}")
+    if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1:
+        raise ConfigError(f"train.lr must be > 0 and train.min_lr_ratio in [0, 1] (got {t.lr}, {t.min_lr_ratio})")
+    if not 0 <= t.warmup_steps <= t.steps:
+        raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be in [0, train.steps={t.steps}]")
+    if t.grad_clip < 0 or t.weight_decay < 0:
+        raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
+    shape = resolve_shape(config.model)
+    if d.seq_len > shape.max_positions:
+        raise ConfigError(f"data.seq_len={d.seq_len} exceeds the model's max_positions={shape.max_positions}: "
+                          f"lower data.seq_len or set model.max_positions")
+    if t.global_batch_size is not None and t.global_batch_size % (t.micro_batch_size * t.grad_accum_steps):
+        raise ConfigError(batch_triad_message(t, world_size=None))
+    load_deepspeed_json(t.deepspeed_config)
+
+
+def batch_triad_message(t: TrainConfig, world_size: int | None) -> str:
+    ranks = "data-parallel ranks" if world_size is None else f"{world_size} ranks"
+    return (f"train.global_batch_size={t.global_batch_size} != micro_batch_size {t.micro_batch_size} x "
+            f"grad_accum_steps {t.grad_accum_steps} x {ranks}: fix one of them or drop global_batch_size")
+
+
+def check_batch_triad(t: TrainConfig, world_size: int) -> int:
+    """The global batch for this launch; raises if the recipe's global_batch_size disagrees."""
+    global_batch = t.micro_batch_size * t.grad_accum_steps * world_size
+    if t.global_batch_size is not None and t.global_batch_size != global_batch:
+        raise ConfigError(batch_triad_message(t, world_size))
+    return global_batch
+
+
+# Top-level keys DeepSpeed understands (docs: config-json). DeepSpeed silently ignores unknown top-level
+# keys, so a typo like "gradient_acumulation_steps" would quietly fall back to a default.
+DEEPSPEED_KEYS = {
+    "zero_optimization", "bf16", "fp16", "amp", "communication_data_type", "prescale_gradients",
+    "gradient_predivide_factor", "sparse_gradients", "zero_allow_untested_optimizer",
+    "zero_force_ds_cpu_optimizer", "wall_clock_breakdown", "steps_per_print", "dump_state",
+    "flops_profiler", "activation_checkpointing", "tensorboard", "wandb", "csv_monitor", "comet",
+    "checkpoint", "data_types", "timers", "aio", "memory_breakdown", "compression_training",
+    "data_efficiency", "elasticity", "autotuning", "comms_logger", "seq_parallel_communication_data_type",
+    "torch_autocast", "compile", "use_data_before_expert_parallelism", "graph_harvesting",
+    "disable_allgather", "load_universal_checkpoint", "pipeline", "zenflow",
+}
+# Keys this pipeline fills from the recipe, so there is exactly one place to set them.
+RECIPE_OWNED_KEYS = {
+    "train_batch_size": "train.global_batch_size", "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.grad_accum_steps", "gradient_clipping": "train.grad_clip",
+    "optimizer": "train.lr / train.weight_decay / train.beta1 / train.beta2",
+    "scheduler": "train.warmup_steps / train.min_lr_ratio",
+}
+
+
+def resolve_deepspeed_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix != ".json":
+        path = PROJECT_ROOT / "ds_configs" / f"{name_or_path}.json"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in (PROJECT_ROOT / "ds_configs").glob("*.json"))
+        raise ConfigError(f"DeepSpeed config {name_or_path!r} not found: give a .json path or one of {shipped}")
+    return path
+
+
+def load_deepspeed_json(name_or_path: str) -> dict:
+    """Read and validate a DeepSpeed JSON; the recipe-owned keys are rejected, typos are named."""
+    path = resolve_deepspeed_path(name_or_path)
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    for key in ds:
+        if key in RECIPE_OWNED_KEYS:
+            raise ConfigError(f"{path}: remove {key!r}; it is set by the recipe ({RECIPE_OWNED_KEYS[key]})")
+        if key not in DEEPSPEED_KEYS:
+            raise ConfigError(f"{path}: unknown DeepSpeed key {key!r} (DeepSpeed would silently ignore it); "
+                              f"check the spelling against https://www.deepspeed.ai/docs/config-json/")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    if ds.get("fp16", {}).get("enabled"):
+        raise ConfigError(f"{path}: fp16 is not supported by this pipeline; use bf16")
+    return ds

@@ -1,0 +1,107 @@
+"""The one place that builds DeepSpeed objects: distributed init, the DeepSpeed config dict,
+ZeRO-3 partitioned model construction, optimizer + LR schedule, and the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+from transformers.integrations import HfDeepSpeedConfig
+
+from pipeline.config import TrainConfig, check_batch_triad, load_deepspeed_json
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group the `deepspeed` launcher set up (or a 1-rank group for plain `python`)."""
+    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    return dist.get_rank(), dist.get_world_size()
+
+
+def deepspeed_config(train: TrainConfig, world_size: int) -> dict:
+    """The shipped JSON (ZeRO stage, precision, ...) plus the recipe-owned batch and clipping keys."""
+    ds = load_deepspeed_json(train.deepspeed_config)
+    ds.update(train_batch_size=check_batch_triad(train, world_size),
+              train_micro_batch_size_per_gpu=train.micro_batch_size,
+              gradient_accumulation_steps=train.grad_accum_steps,
+              gradient_clipping=train.grad_clip)
+    return ds
+
+
+def zero_stage(ds: dict) -> int:
+    return ds.get("zero_optimization", {}).get("stage", 0)
+
+
+@contextmanager
+def model_construction(ds: dict):
+    """Under ZeRO-3, models built by transformers' from_config/from_pretrained inside this context are
+    partitioned as they are created (no rank ever holds the full model) and initialized correctly.
+
+    transformers keeps only a weak reference to the HfDeepSpeedConfig, so it must stay alive here."""
+    hf_ds_config = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None
+    try:
+        yield
+    finally:
+        del hf_ds_config
+
+
+def warmup_cosine(train: TrainConfig):
+    """LR multiplier for the optimizer step with 0-based index s: linear warmup that reaches the peak at
+    the last warmup step, then cosine decay to min_lr_ratio at the final step."""
+    def factor(s: int) -> float:
+        if s < train.warmup_steps:
+            return (s + 1) / train.warmup_steps
+        decay_steps = max(train.steps - train.warmup_steps - 1, 1)
+        progress = min((s - train.warmup_steps) / decay_steps, 1.0)
+        return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+NO_DECAY_MARKERS = ("norm", "ln_", "bias", "embed", "wte", "wpe")
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only; norms, biases and embeddings are not regularized towards zero."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if any(m in name for m in NO_DECAY_MARKERS) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(model: torch.nn.Module, train: TrainConfig, ds: dict):
+    """DeepSpeed engine around ``model`` with torch AdamW (no JIT-built op on CPU) and the LR schedule.
+
+    The scheduler is handed to DeepSpeed so it is stepped with the optimizer and saved/restored in
+    every checkpoint (a scheduler kept outside restarts from step 0 on resume)."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.lr,
+                                  betas=(train.beta1, train.beta2), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
+    return engine
+
+
+def all_reduce_mean(values: list[float]) -> list[float]:
+    """Mean over ranks of a few scalars, in one collective."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=get_accelerator().current_device_name())
+    dist.all_reduce(tensor)
+    return (tensor / dist.get_world_size()).tolist()
+
+
+def full_fp32_state_dict(engine, rank: int) -> dict[str, torch.Tensor]:
+    """The model's full fp32 weights on rank 0 (empty elsewhere), gathered one parameter at a time so
+    no rank holds more than one extra full tensor beyond rank 0's copy. All ranks must call this."""
+    stage = engine.zero_optimization_stage()
+    state = {}
+    for name, param in engine.module.named_parameters():
+        if stage >= 1:
+            full = deepspeed.utils.safe_get_full_fp32_param(param)
+        else:
+            full = param.detach()
+        if rank == 0:
+            state[name] = full.detach().to("cpu", torch.float32).clone()
+    return state

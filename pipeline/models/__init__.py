@@ -1,0 +1,44 @@
+"""Model families as Hugging Face models: GPT-2 (`GPT2LMHeadModel`) and LLaMA (`LlamaForCausalLM`).
+
+The model code never knows about parallelism: ZeRO-3 partitioned construction is arranged by
+`pipeline.engine`, which calls `build_model` inside its DeepSpeed context.
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
+
+from pipeline.models.sizes import SIZES, ModelShape, resolve_shape
+
+__all__ = ["SIZES", "ModelShape", "resolve_shape", "hf_config", "build_model", "special_token_ids"]
+
+
+def special_token_ids(tokenizer) -> dict:
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
+def hf_config(shape: ModelShape, vocab_size: int, token_ids: dict) -> PretrainedConfig:
+    """Our shape -> the HF config. Dropout is off: pretraining at this scale does not use it, and
+    it keeps the loss curve a pure function of (config, seed, data order)."""
+    if shape.family == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_positions=shape.max_positions, n_embd=shape.hidden,
+                          n_layer=shape.layers, n_head=shape.heads, n_inner=shape.ffn, resid_pdrop=0.0,
+                          embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, **token_ids)
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=shape.hidden, intermediate_size=shape.ffn,
+                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                       num_key_value_heads=shape.kv_heads, max_position_embeddings=shape.max_positions,
+                       attention_dropout=0.0, tie_word_embeddings=False, **token_ids)
+
+
+def build_model(config: PretrainedConfig | None, init_from: str | None = None) -> transformers.PreTrainedModel:
+    """A freshly initialized model from ``config``, or the weights of the HF dir ``init_from``.
+
+    Always through ``from_config``/``from_pretrained``: those honour an active ZeRO-3 context
+    (partitioned construction and correct init); calling the model class directly does not.
+    """
+    if init_from is not None:
+        return AutoModelForCausalLM.from_pretrained(init_from, dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -1,0 +1,66 @@
+"""Named model sizes ("flavors"): from CPU-test shapes up to the published ~1B shapes.
+
+A size fixes the family and the shape; a recipe may override any shape field (``model.layers=6``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from pipeline.config import ConfigError, ModelConfig
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    family: str  # "gpt2" or "llama"
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    max_positions: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+SIZES: dict[str, ModelShape] = {
+    # CPU sizes: the tiny pipeline grows a *-nano donor into a *-micro target.
+    "llama-nano": ModelShape("llama", layers=2, hidden=128, heads=4, kv_heads=2, ffn=352, max_positions=512),
+    "llama-micro": ModelShape("llama", layers=4, hidden=256, heads=8, kv_heads=4, ffn=704, max_positions=512),
+    "gpt2-nano": ModelShape("gpt2", layers=2, hidden=128, heads=4, kv_heads=4, ffn=512, max_positions=512),
+    "gpt2-micro": ModelShape("gpt2", layers=4, hidden=256, heads=8, kv_heads=8, ffn=1024, max_positions=512),
+    # Published shapes.
+    "gpt2-124m": ModelShape("gpt2", layers=12, hidden=768, heads=12, kv_heads=12, ffn=3072, max_positions=1024),
+    "gpt2-350m": ModelShape("gpt2", layers=24, hidden=1024, heads=16, kv_heads=16, ffn=4096, max_positions=1024),
+    "gpt2-774m": ModelShape("gpt2", layers=36, hidden=1280, heads=20, kv_heads=20, ffn=5120, max_positions=1024),
+    "gpt2-1.5b": ModelShape("gpt2", layers=48, hidden=1600, heads=25, kv_heads=25, ffn=6400, max_positions=1024),
+    "llama-160m": ModelShape("llama", layers=12, hidden=768, heads=12, kv_heads=4, ffn=2048, max_positions=2048),
+    "tinyllama-1.1b": ModelShape("llama", layers=22, hidden=2048, heads=32, kv_heads=4, ffn=5632,
+                                 max_positions=2048),
+}
+
+
+def resolve_shape(model: ModelConfig) -> ModelShape:
+    """Named size + explicit overrides -> a checked shape."""
+    if model.size not in SIZES:
+        raise ConfigError(f"model.size={model.size!r} is not a known size; choose one of {sorted(SIZES)}")
+    overrides = {name: getattr(model, name) for name in ("layers", "hidden", "heads", "kv_heads", "ffn",
+                                                         "max_positions") if getattr(model, name) is not None}
+    shape = replace(SIZES[model.size], **overrides)
+    if shape.family == "gpt2" and "heads" in overrides and "kv_heads" not in overrides:
+        shape = replace(shape, kv_heads=shape.heads)
+    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "max_positions"):
+        if getattr(shape, name) <= 0:
+            raise ConfigError(f"model.{name} must be positive, got {getattr(shape, name)}")
+    if shape.hidden % shape.heads:
+        raise ConfigError(f"model.heads={shape.heads} does not divide model.hidden={shape.hidden}")
+    if shape.heads % shape.kv_heads:
+        raise ConfigError(f"model.kv_heads={shape.kv_heads} does not divide model.heads={shape.heads}")
+    if shape.family == "gpt2" and shape.kv_heads != shape.heads:
+        raise ConfigError(f"GPT-2 has no grouped-query attention: model.kv_heads must equal model.heads "
+                          f"({shape.heads}), got {shape.kv_heads}")
+    if shape.family == "llama" and shape.head_dim % 2:
+        raise ConfigError(f"LLaMA's rotary embedding needs an even head dim; hidden/heads = {shape.head_dim}")
+    return shape

@@ -1,0 +1,170 @@
+"""Train stage: pretrain (or continue pretraining) a causal LM under DeepSpeed ZeRO.
+
+    # 2 CPU ranks (or GPUs) on one machine
+    deepspeed --num_gpus 2 --master_port 29512 --module pipeline.train --config tiny
+    # continue the same run after an interruption (exact: same losses as an uninterrupted run)
+    deepspeed --num_gpus 2 --master_port 29512 --module pipeline.train --config tiny --resume auto
+    # start from given weights (a donor or a grown model), fresh optimizer and step
+    deepspeed --num_gpus 2 --master_port 29512 --module pipeline.train --config tiny \\
+        train.init_from=runs/tiny/donor/hf run.dir=runs/tiny/from-donor
+    # multi-node: see launch/train.sh (hostfile) and README "Launching on GPUs and multiple nodes"
+
+Rank 0 writes <run>/config.yaml, TensorBoard events in <run>/tb, <run>/metrics.jsonl, and at the
+end the final weights as a Hugging Face model in <run>/hf.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import checkpoint
+from pipeline.config import Config, ConfigError, parse_stage_args
+from pipeline.data.loader import PackedSamples, TrainBatches, validation_batches
+from pipeline.data.tokenizer import load_tokenizer
+from pipeline.engine import (all_reduce_mean, build_engine, deepspeed_config, init_distributed,
+                             model_construction)
+from pipeline.metrics import MetricsLogger
+from pipeline.models import build_model, hf_config, resolve_shape, special_token_ids
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, config: Config, resume: str | None):
+        self.config, t = config, config.train
+        self.rank, self.world_size = init_distributed()
+        self.run_dir = Path(config.run.dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.resuming = self._check_run_dir(resume)
+        ds = deepspeed_config(t, self.world_size)  # raises on a bad batch triad before any work
+
+        self.train_samples = PackedSamples(config.data.output_dir, "train")
+        self.tokenizer = load_tokenizer(self.train_samples.meta["tokenizer"])
+        vocab_size = self.train_samples.meta["vocab_size"]
+        if self.train_samples.seq_len != config.data.seq_len:
+            raise ConfigError(f"{config.data.output_dir} was packed with seq_len={self.train_samples.seq_len}, "
+                              f"the recipe says data.seq_len={config.data.seq_len}: re-run prepare")
+        self.batches = TrainBatches(self.train_samples, config.data.order_seed, t.micro_batch_size,
+                                    t.grad_accum_steps, self.rank, self.world_size)
+        self.val_batches = validation_batches(PackedSamples(config.data.output_dir, "validation"),
+                                              t.micro_batch_size, t.eval_batches, self.rank, self.world_size)
+        self.hf_config = hf_config(resolve_shape(config.model), vocab_size, special_token_ids(self.tokenizer))
+
+        seed_everything(t.seed)  # the same initial weights for the same seed, whatever ran before
+        with model_construction(ds):
+            model = build_model(self.hf_config, t.init_from)
+        if model.config.vocab_size != vocab_size:
+            raise ConfigError(f"train.init_from model has vocab {model.config.vocab_size}, the data has "
+                              f"{vocab_size}: use the tokenizer the model was trained with")
+        if config.model.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.engine = build_engine(model, t, ds)
+        self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
+
+        self.progress = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0}
+        if self.resuming:
+            self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank)
+        elif self.rank == 0:
+            config.save(self.run_dir / "config.yaml")
+        self.metrics = MetricsLogger(self.run_dir, self.rank == 0, self.progress["step"])
+
+    def _check_run_dir(self, resume: str | None) -> bool:
+        """Never start a fresh run over an existing one; never 'resume' a run that changed its config."""
+        saved_config = self.run_dir / "config.yaml"
+        has_checkpoint = checkpoint.latest_tag(self.checkpoint_dir) is not None
+        if resume is None:
+            if has_checkpoint:
+                raise ConfigError(f"{self.run_dir} already holds a run: pass --resume auto to continue it, "
+                                  f"or choose a new run.dir")
+            if self.rank == 0:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            return False
+        if not has_checkpoint:
+            if self.rank == 0:
+                print(f"[train] --resume auto: no checkpoint in {self.checkpoint_dir}, starting fresh", flush=True)
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            return False
+        if saved_config.exists() and saved_config.read_text() != self.config.to_yaml():
+            raise ConfigError(f"the config differs from the one {self.run_dir} was started with "
+                              f"({saved_config}); resuming would not continue the same run")
+        return True
+
+    def train_step(self, step: int) -> float:
+        losses = []
+        for micro_step in range(self.config.train.grad_accum_steps):
+            input_ids = self.batches.batch(step, micro_step).to(self.engine.device)
+            loss = self.engine(input_ids=input_ids, labels=input_ids).loss
+            self.engine.backward(loss)
+            self.engine.step()  # DeepSpeed applies the update only at the accumulation boundary
+            losses.append(loss.item())
+        return sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.engine.eval()
+        losses = [self.engine(input_ids=b.to(self.engine.device), labels=b.to(self.engine.device)).loss.item()
+                  for b in self.val_batches]
+        self.engine.train()
+        return all_reduce_mean([sum(losses) / len(losses)])[0]
+
+    def fit(self) -> None:
+        t = self.config.train
+        step = self.progress["step"]
+        if step == 0:
+            self.log(0, {"val/loss": self.validate()})
+        window_start, window_steps = time.perf_counter(), 0
+        while step < t.steps:
+            lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside it)
+            local_loss = self.train_step(step)
+            step += 1
+            window_steps += 1
+            self.progress = {"step": step, "consumed_samples": step * self.engine.train_batch_size(),
+                             "consumed_tokens": step * self.tokens_per_step}
+            loss = all_reduce_mean([local_loss])[0]
+            scalars = {"train/loss": loss, "train/lr": lr}
+            grad_norm = self.engine.get_global_grad_norm()
+            if grad_norm is not None:
+                scalars["train/grad_norm"] = float(grad_norm)
+            if step % t.log_interval == 0 or step == t.steps:
+                elapsed = time.perf_counter() - window_start
+                scalars["perf/tokens_per_s"] = window_steps * self.tokens_per_step / elapsed
+                window_start, window_steps = time.perf_counter(), 0
+            if step % t.eval_interval == 0 or step == t.steps:
+                scalars["val/loss"] = self.validate()
+            self.log(step, scalars)
+            if step % t.checkpoint_interval == 0 or step == t.steps:
+                checkpoint.save(self.engine, self.checkpoint_dir, self.progress, self.rank)
+        if t.save_hf:
+            checkpoint.save_hf_model(self.engine, self.hf_config, self.tokenizer, self.run_dir / "hf", self.rank)
+        self.metrics.close()
+
+    def log(self, step: int, scalars: dict) -> None:
+        self.metrics.log(step, {**scalars, "progress/consumed_tokens": step * self.tokens_per_step})
+        if self.rank == 0 and ("perf/tokens_per_s" in scalars or "val/loss" in scalars or step == 0):
+            shown = " ".join(f"{k.replace('train/', '').replace('/', '_')}={v:.4g}" for k, v in scalars.items())
+            print(f"[train] step {step}/{self.config.train.steps} {shown}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, args = parse_stage_args(
+        "Pretrain a causal LM under DeepSpeed.", argv,
+        lambda p: p.add_argument("--resume", choices=["auto"], default=None,
+                                 help="continue from the newest checkpoint in <run.dir>/checkpoints"))
+    try:
+        Trainer(config, args.resume).fit()
+    except ConfigError as err:
+        sys.exit(f"train error: {err}")
+
+
+if __name__ == "__main__":
+    main()
