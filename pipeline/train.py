@@ -40,8 +40,9 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, config: Config, resume: str | None):
+    def __init__(self, config: Config, resume: str | None, until_step: int | None = None):
         self.config, t = config, config.train
+        self.until_step = t.steps if until_step is None else min(until_step, t.steps)
         self.rank, self.world_size = init_distributed()
         self.run_dir = Path(config.run.dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -123,7 +124,7 @@ class Trainer:
         if step == 0:
             self.log(0, {"val/loss": self.validate()})
         window_start, window_steps = time.perf_counter(), 0
-        while step < t.steps:
+        while step < self.until_step:
             lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside it)
             local_loss = self.train_step(step)
             step += 1
@@ -142,9 +143,12 @@ class Trainer:
             if step % t.eval_interval == 0 or step == t.steps:
                 scalars["val/loss"] = self.validate()
             self.log(step, scalars)
-            if step % t.checkpoint_interval == 0 or step == t.steps:
+            if step % t.checkpoint_interval == 0 or step == self.until_step:
                 checkpoint.save(self.engine, self.checkpoint_dir, self.progress, self.rank)
-        if t.save_hf:
+        if step < t.steps:
+            if self.rank == 0:
+                print(f"[train] stopped at step {step} (--until-step); continue with --resume auto", flush=True)
+        elif t.save_hf:
             checkpoint.save_hf_model(self.engine, self.hf_config, self.tokenizer, self.run_dir / "hf", self.rank)
         self.metrics.close()
 
@@ -155,13 +159,20 @@ class Trainer:
             print(f"[train] step {step}/{self.config.train.steps} {shown}", flush=True)
 
 
+def _stage_flags(parser) -> None:
+    parser.add_argument("--resume", choices=["auto"], default=None,
+                        help="continue from the newest checkpoint in <run.dir>/checkpoints (fresh start if none)")
+    parser.add_argument("--until-step", dest="until_step", type=int, default=None,
+                        help="stop after this step with a checkpoint (time-limited jobs); the LR schedule still "
+                             "spans train.steps")
+
+
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_stage_args(
         "Pretrain a causal LM under DeepSpeed.", argv,
-        lambda p: p.add_argument("--resume", choices=["auto"], default=None,
-                                 help="continue from the newest checkpoint in <run.dir>/checkpoints"))
+        _stage_flags)
     try:
-        Trainer(config, args.resume).fit()
+        Trainer(config, args.resume, args.until_step).fit()
     except ConfigError as err:
         sys.exit(f"train error: {err}")
 

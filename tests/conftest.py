@@ -1,0 +1,43 @@
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_overrides(data_root: Path) -> list[str]:
+    """Overrides that point a recipe at the test session's prepared data (never the repo's dirs)."""
+    return [f"data.tokenizer={data_root}/tokenizer", f"data.output_dir={data_root}/packed"]
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """The tiny recipe's data (stdlib corpus, 2k vocab, seq_len 128), prepared once per session."""
+    from pipeline.prepare import prepare
+    root = tmp_path_factory.mktemp("prepared")
+    config = load_config("tiny", data_overrides(root))
+    meta = prepare(config)
+    return root, config, meta
+
+
+def run_deepspeed(module_args: list[str], timeout: int = 600, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    """2 CPU ranks through the real `deepspeed` launcher, as users run it."""
+    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), *module_args]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc

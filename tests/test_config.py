@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from pipeline.config import (Config, ConfigError, check_batch_triad, load_config, load_deepspeed_json,
+                             parse_overrides, recipe_names)
+from pipeline.config import PROJECT_ROOT
+
+
+def test_every_recipe_loads_and_round_trips(tmp_path):
+    assert "tiny" in recipe_names()
+    for name in recipe_names():
+        config = load_config(name)
+        path = tmp_path / f"{name}.yaml"
+        config.save(path)
+        assert load_config(str(path)) == config
+
+
+def test_overrides_apply_in_both_syntaxes():
+    config = load_config("tiny", ["train.lr=3e-4", "--model.size", "gpt2-nano", "--data.seq_len=64",
+                                  "train.global_batch_size=null"])
+    assert config.train.lr == 3e-4 and isinstance(config.train.lr, float)
+    assert config.model.size == "gpt2-nano"
+    assert config.data.seq_len == 64
+    assert config.train.global_batch_size is None
+
+
+def test_cli_beats_recipe_beats_defaults():
+    assert Config().train.steps == 200
+    assert load_config("tiny").train.steps == 200
+    assert load_config("tiny", ["train.steps=70"]).train.steps == 70
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.lrr=1"], "unknown key(s) train.lrr"),
+    (["optim.lr=1"], "unknown key(s) optim"),
+    (["train.steps=ten"], "train.steps: expected int"),
+    (["train.steps=1.5"], "train.steps: expected int"),
+    (["model.activation_checkpointing=3"], "expected bool"),
+    (["model.hidden=250"], "model.heads=8 does not divide model.hidden=250"),
+    (["model.kv_heads=3"], "model.kv_heads=3 does not divide model.heads=8"),
+    (["model.size=gpt2-nano", "model.kv_heads=2"], "GPT-2 has no grouped-query attention"),
+    (["model.size=llama-huge"], "model.size='llama-huge' is not a known size"),
+    (["data.seq_len=1024"], "data.seq_len=1024 exceeds the model's max_positions=512"),
+    (["train.global_batch_size=12", "train.micro_batch_size=8"], "global_batch_size=12 != micro_batch_size 8"),
+    (["train.warmup_steps=500"], "train.warmup_steps=500 must be in"),
+    (["data.validation_fraction=1.5"], "validation_fraction must be in (0, 1)"),
+    (["train.deepspeed_config=zero9"], "DeepSpeed config 'zero9' not found"),
+    (["train.lr"], "cannot read override"),
+])
+def test_invalid_configs_rejected_with_clear_message(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", overrides)
+    assert message in str(err.value)
+
+
+def test_batch_triad_checked_against_world_size():
+    config = load_config("tiny", ["train.global_batch_size=32", "train.micro_batch_size=8",
+                                  "train.grad_accum_steps=2"])
+    assert check_batch_triad(config.train, world_size=2) == 32
+    with pytest.raises(ConfigError, match="x 4 ranks"):
+        check_batch_triad(config.train, world_size=4)
+
+
+def test_missing_recipe_names_the_choices():
+    with pytest.raises(ConfigError, match="one of .*tiny"):
+        load_config("no-such-recipe")
+
+
+def test_deepspeed_json_typos_and_owned_keys_rejected(tmp_path):
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_acumulation_steps": 4}))
+    with pytest.raises(ConfigError, match="unknown DeepSpeed key 'gradient_acumulation_steps'"):
+        load_deepspeed_json(str(typo))
+    owned = tmp_path / "owned.json"
+    owned.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4}))
+    with pytest.raises(ConfigError, match="set by the recipe .train.micro_batch_size"):
+        load_deepspeed_json(str(owned))
+    fp16 = tmp_path / "fp16.json"
+    fp16.write_text(json.dumps({"fp16": {"enabled": True}}))
+    with pytest.raises(ConfigError, match="use bf16"):
+        load_deepspeed_json(str(fp16))
+
+
+def test_shipped_deepspeed_configs_are_valid():
+    shipped = sorted((PROJECT_ROOT / "ds_configs").glob("*.json"))
+    assert {p.stem for p in shipped} >= {"zero0", "zero1", "zero2", "zero3", "zero2_bf16", "zero3_bf16"}
+    for path in shipped:
+        ds = load_deepspeed_json(str(path))
+        assert ds["zero_optimization"]["stage"] == int(path.stem[4])
+        assert ds["bf16"]["enabled"] == path.stem.endswith("bf16")
+
+
+def test_parse_overrides_types():
+    assert parse_overrides(["a.b=1", "a.c=x", "--d.e", "true"]) == {"a": {"b": 1, "c": "x"}, "d": {"e": True}}

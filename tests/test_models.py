@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pipeline.config import load_config
+from pipeline.models import SIZES, build_model, hf_config, resolve_shape
+
+TOKEN_IDS = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
+
+
+def _build(size: str, vocab: int = 2048, **overrides):
+    config = load_config("tiny", [f"model.size={size}"] + [f"model.{k}={v}" for k, v in overrides.items()])
+    return build_model(hf_config(resolve_shape(config.model), vocab, TOKEN_IDS))
+
+
+def test_llama_gqa_shapes():
+    model = _build("llama-micro")  # 8 query heads, 4 KV heads, head_dim 32
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj.weight.shape == (256, 256)
+    assert attn.k_proj.weight.shape == attn.v_proj.weight.shape == (128, 256)
+    assert model.model.layers[0].mlp.gate_proj.weight.shape == (704, 256)
+    assert len(model.model.layers) == 4
+
+
+def test_gpt2_shapes_and_tied_head():
+    model = _build("gpt2-micro")
+    assert model.transformer.h[0].attn.c_attn.weight.shape == (256, 768)  # Conv1D stores (in, out)
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    assert len(model.transformer.h) == 4
+
+
+def test_shape_overrides():
+    model = _build("llama-nano", layers=3, kv_heads=1)
+    assert len(model.model.layers) == 3
+    assert model.model.layers[0].self_attn.k_proj.weight.shape == (32, 128)
+
+
+@pytest.mark.parametrize("size, expected_millions", [
+    ("gpt2-124m", 124.4), ("gpt2-350m", 354.8), ("gpt2-774m", 774.0), ("gpt2-1.5b", 1557.6),
+    ("tinyllama-1.1b", 1100.0),
+])
+def test_published_shapes_have_published_parameter_counts(size, expected_millions):
+    vocab = 50257 if size.startswith("gpt2") else 32000
+    with torch.device("meta"):  # shapes only: no memory, no init
+        model = AutoModelForCausalLM.from_config(hf_config(SIZES[size], vocab, TOKEN_IDS))
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    assert millions == pytest.approx(expected_millions, rel=0.01)
+
+
+@pytest.mark.parametrize("size", ["llama-nano", "llama-micro", "gpt2-nano", "gpt2-micro"])
+def test_step0_loss_near_uniform(size):
+    torch.manual_seed(0)
+    model = _build(size)
+    ids = torch.randint(0, 2048, (4, 64))
+    loss = model(input_ids=ids, labels=ids).loss.item()
+    assert abs(loss - math.log(2048)) < 0.1 * math.log(2048)
