@@ -19,6 +19,13 @@ def _deterministic(records):
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
 
 
+def _tensorboard_scalars(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def train(run_dir, root, *extra, flags=()):
     return run_deepspeed(["--module", "pipeline.train", "--config", "tiny", *flags, f"run.dir={run_dir}",
                           *data_overrides(root), *SHORT_RUN, *extra])
@@ -39,10 +46,14 @@ def test_zero3_build_is_partitioned_and_step0_loss_is_uniform(prepared, tmp_path
         assert sum(r["local"] for r in per_size) >= full
 
 
-@pytest.mark.parametrize("ds_config", ["zero2", "zero3", "zero3_bf16"])
-def test_training_decreases_loss_and_resumes_exactly(prepared, tmp_path, ds_config):
+@pytest.mark.parametrize("ds_config, extra", [
+    ("zero2", ["model.size=gpt2-nano"]),
+    ("zero3", []),
+    ("zero3_bf16", ["model.activation_checkpointing=true"]),
+])
+def test_training_decreases_loss_and_resumes_exactly(prepared, tmp_path, ds_config, extra):
     root, _, _ = prepared
-    stage = [f"train.deepspeed_config={ds_config}"]
+    stage = [f"train.deepspeed_config={ds_config}", *extra]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
 
     train(whole, root, *stage)
@@ -63,6 +74,11 @@ def test_training_decreases_loss_and_resumes_exactly(prepared, tmp_path, ds_conf
     assert [r["step"] for r in resumed] == [r["step"] for r in reference]
     assert _deterministic(resumed) == _deterministic(reference)
     assert (parts / "hf" / "model.safetensors").exists()
+    # TensorBoard: the resumed run's curves continue without overlapping the interrupted part
+    scalars = _tensorboard_scalars(parts / "tb")
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/loss", "perf/tokens_per_s"} <= set(scalars)
+    assert [step for step, _ in scalars["train/loss"]] == list(range(1, 9))
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx(losses, rel=1e-6)
 
 
 def test_resume_refuses_a_changed_config(prepared, tmp_path):
@@ -72,3 +88,18 @@ def test_resume_refuses_a_changed_config(prepared, tmp_path):
                           f"run.dir={tmp_path / 'run'}", *data_overrides(root), *SHORT_RUN, "train.lr=1e-4"],
                          expect_ok=False)
     assert proc.returncode != 0 and "config differs" in proc.stdout + proc.stderr
+
+
+def test_init_from_hf_weights_is_not_a_resume(prepared, tmp_path):
+    """A finished run's HF export seeds a new run: same weights (step-0 validation loss equals the source
+    run's final one), but a fresh step counter, optimizer and LR schedule."""
+    root, _, _ = prepared
+    stage = ["train.deepspeed_config=zero3"]
+    train(tmp_path / "source", root, *stage, "train.steps=4", "train.eval_interval=4")
+    source_final = [r["val/loss"] for r in read_metrics(tmp_path / "source") if "val/loss" in r][-1]
+    train(tmp_path / "seeded", root, *stage, f"train.init_from={tmp_path / 'source' / 'hf'}",
+          flags=["--until-step", "1"])
+    seeded = read_metrics(tmp_path / "seeded")
+    assert seeded[0]["step"] == 0
+    assert seeded[0]["val/loss"] == pytest.approx(source_final, rel=1e-5)
+    assert seeded[1]["train/lr"] == pytest.approx(2e-3 / 2)  # warmup restarts: step 1 of 2
