@@ -54,10 +54,14 @@ def load(engine, checkpoint_dir: Path, rank: int) -> dict:
     return client_state["progress"]
 
 
-def save_hf_model(engine, hf_config, tokenizer, out_dir: Path, rank: int, max_shard_size: str = "2GB") -> None:
-    """Write the engine's weights as a plain Hugging Face model dir (sharded safetensors, config,
-    tokenizer) that ``AutoModelForCausalLM.from_pretrained`` loads. Collective."""
-    state = full_fp32_state_dict(engine, rank)
+def save_hf_model(engine, hf_config, tokenizer, out_dir: Path, rank: int) -> None:
+    """Write the engine's weights as a plain Hugging Face model dir. Collective."""
+    write_hf_dir(full_fp32_state_dict(engine, rank), hf_config, tokenizer, out_dir, rank)
+
+
+def write_hf_dir(state: dict, hf_config, tokenizer, out_dir: Path, rank: int, max_shard_size: str = "2GB") -> None:
+    """Rank 0 writes ``state`` (HF names) as sharded safetensors + config + tokenizer, which
+    ``AutoModelForCausalLM.from_pretrained`` loads. All ranks call it (it ends with a barrier)."""
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",

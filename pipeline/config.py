@@ -125,11 +125,33 @@ class TrainConfig:
 
 
 @dataclass
+class GrowConfig:
+    donor: typing.Optional[str] = None
+    """HF model dir of the small pretrained model (safetensors): our train stage's <run>/hf or any
+    GPT-2 / LLaMA checkpoint with the same tokenizer as data. The target shape is the `model` section."""
+    depth_init: str = "stack"
+    """Operator start in depth: stack | interpolate | midas | noisy_stack (pipeline/growth/init.py)."""
+    width_init: str = "copy"
+    """Operator start in width: copy (function-preserving) | random (official LiGO code)."""
+    steps: int = 100
+    """Operator training steps on the target's LM loss (0 = the heuristic init as is)."""
+    lr: float = 1.0e-3
+    """Peak learning rate of the operator (AdamW)."""
+    warmup_steps: int = 10
+    """Linear warmup to lr (it reaches lr, unlike the official code's 10000-step warmup in 100 steps)."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay floor after warmup, as a fraction of lr."""
+    weight_decay: float = 0.0
+    """Weight decay on operator coefficients (0: do not pull them towards zero)."""
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    grow: GrowConfig = field(default_factory=GrowConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -287,6 +309,15 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.lr must be > 0 and train.min_lr_ratio in [0, 1] (got {t.lr}, {t.min_lr_ratio})")
     if not 0 <= t.warmup_steps <= t.steps:
         raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be in [0, train.steps={t.steps}]")
+    from pipeline.growth.init import DEPTH_SCHEMES, WIDTH_SCHEMES
+    g = config.grow
+    if g.depth_init not in DEPTH_SCHEMES or g.width_init not in WIDTH_SCHEMES:
+        raise ConfigError(f"grow.depth_init must be one of {DEPTH_SCHEMES} and grow.width_init one of "
+                          f"{WIDTH_SCHEMES} (got {g.depth_init!r}, {g.width_init!r})")
+    if g.steps < 0 or not 0 <= g.warmup_steps <= g.steps or g.lr <= 0 or g.weight_decay < 0:
+        raise ConfigError(f"grow: need steps >= 0, 0 <= warmup_steps <= steps, lr > 0, weight_decay >= 0 "
+                          f"(got steps={g.steps}, warmup_steps={g.warmup_steps}, lr={g.lr}, "
+                          f"weight_decay={g.weight_decay})")
     if t.grad_clip < 0 or t.weight_decay < 0:
         raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
     shape = resolve_shape(config.model)

@@ -82,7 +82,26 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, ds: dict):
                                   betas=(train.beta1, train.beta2), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
+    if engine.zero_optimization_stage() == 3:
+        _register_shared_parameters(engine.module)
     return engine
+
+
+def _register_shared_parameters(model: torch.nn.Module) -> None:
+    """ZeRO-3 gathers a module's own parameters around its forward. Modules that also read parameters
+    owned elsewhere (growth generators read the residual expansion and the donor) declare them in
+    `shared_parameters()`, and DeepSpeed gathers those too."""
+    for module in model.modules():
+        if hasattr(module, "shared_parameters"):
+            for param in module.shared_parameters():
+                deepspeed.zero.register_external_parameter(module, param)
+
+
+@contextmanager
+def gathered(params: list[torch.nn.Parameter], enabled: bool):
+    """Full values of (possibly ZeRO-3-partitioned) parameters inside the block, read-only. Collective."""
+    with deepspeed.zero.GatheredParameters(params, enabled=enabled):
+        yield
 
 
 def all_reduce_mean(values: list[float]) -> list[float]:
@@ -98,10 +117,11 @@ def full_fp32_state_dict(engine, rank: int) -> dict[str, torch.Tensor]:
     stage = engine.zero_optimization_stage()
     state = {}
     for name, param in engine.module.named_parameters():
-        if stage >= 1:
+        if stage >= 1 and param.requires_grad:
             full = deepspeed.utils.safe_get_full_fp32_param(param)
-        else:
-            full = param.detach()
+        else:  # stage 0, or frozen: no fp32 master in the optimizer; the module holds the value
+            with gathered([param], enabled=stage == 3):
+                full = param.detach().clone()
         if rank == 0:
             state[name] = full.detach().to("cpu", torch.float32).clone()
     return state

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline import checkpoint
-from pipeline.config import Config, ConfigError, parse_stage_args
+from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.loader import PackedSamples, TrainBatches, validation_batches
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.engine import (all_reduce_mean, build_engine, deepspeed_config, init_distributed,
@@ -39,9 +39,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class PretrainStage:
+    """What the train stage builds and exports; the grow stage swaps in its own (pipeline/grow.py)."""
+    name = "train"
+
+    def schedule(self, config: Config) -> TrainConfig:
+        return config.train
+
+    def build_model(self, config: Config, target_config, ds: dict) -> torch.nn.Module:
+        with model_construction(ds):
+            model = build_model(target_config, config.train.init_from)
+        if model.config.vocab_size != target_config.vocab_size:
+            raise ConfigError(f"train.init_from model has vocab {model.config.vocab_size}, the data has "
+                              f"{target_config.vocab_size}: use the tokenizer the model was trained with")
+        if config.model.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
+    def export(self, trainer: "Trainer") -> None:
+        if trainer.config.train.save_hf:
+            checkpoint.save_hf_model(trainer.engine, trainer.target_config, trainer.tokenizer,
+                                     trainer.run_dir / "hf", trainer.rank)
+
+
 class Trainer:
-    def __init__(self, config: Config, resume: str | None, until_step: int | None = None):
-        self.config, t = config, config.train
+    def __init__(self, config: Config, resume: str | None, until_step: int | None = None, stage=None):
+        self.stage = stage or PretrainStage()
+        self.config, t = config, self.stage.schedule(config)
+        self.schedule = t
         self.until_step = t.steps if until_step is None else min(until_step, t.steps)
         self.rank, self.world_size = init_distributed()
         self.run_dir = Path(config.run.dir)
@@ -59,16 +84,10 @@ class Trainer:
                                     t.grad_accum_steps, self.rank, self.world_size)
         self.val_batches = validation_batches(PackedSamples(config.data.output_dir, "validation"),
                                               t.micro_batch_size, t.eval_batches, self.rank, self.world_size)
-        self.hf_config = hf_config(resolve_shape(config.model), vocab_size, special_token_ids(self.tokenizer))
+        self.target_config = hf_config(resolve_shape(config.model), vocab_size, special_token_ids(self.tokenizer))
 
         seed_everything(t.seed)  # the same initial weights for the same seed, whatever ran before
-        with model_construction(ds):
-            model = build_model(self.hf_config, t.init_from)
-        if model.config.vocab_size != vocab_size:
-            raise ConfigError(f"train.init_from model has vocab {model.config.vocab_size}, the data has "
-                              f"{vocab_size}: use the tokenizer the model was trained with")
-        if config.model.activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = self.stage.build_model(config, self.target_config, ds)
         self.engine = build_engine(model, t, ds)
         self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
 
@@ -92,7 +111,7 @@ class Trainer:
             return False
         if not has_checkpoint:
             if self.rank == 0:
-                print(f"[train] --resume auto: no checkpoint in {self.checkpoint_dir}, starting fresh", flush=True)
+                print(f"[{self.stage.name}] --resume auto: no checkpoint in {self.checkpoint_dir}, starting fresh", flush=True)
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             return False
         if saved_config.exists() and saved_config.read_text() != self.config.to_yaml():
@@ -102,7 +121,7 @@ class Trainer:
 
     def train_step(self, step: int) -> float:
         losses = []
-        for micro_step in range(self.config.train.grad_accum_steps):
+        for micro_step in range(self.schedule.grad_accum_steps):
             input_ids = self.batches.batch(step, micro_step).to(self.engine.device)
             loss = self.engine(input_ids=input_ids, labels=input_ids).loss
             self.engine.backward(loss)
@@ -119,7 +138,7 @@ class Trainer:
         return all_reduce_mean([sum(losses) / len(losses)])[0]
 
     def fit(self) -> None:
-        t = self.config.train
+        t = self.schedule
         step = self.progress["step"]
         if step == 0:
             self.log(0, {"val/loss": self.validate()})
@@ -147,19 +166,21 @@ class Trainer:
                 checkpoint.save(self.engine, self.checkpoint_dir, self.progress, self.rank)
         if step < t.steps:
             if self.rank == 0:
-                print(f"[train] stopped at step {step} (--until-step); continue with --resume auto", flush=True)
-        elif t.save_hf:
-            checkpoint.save_hf_model(self.engine, self.hf_config, self.tokenizer, self.run_dir / "hf", self.rank)
+                print(f"[{self.stage.name}] stopped at step {step} (--until-step); continue with --resume auto",
+                      flush=True)
+        else:
+            self.stage.export(self)
         self.metrics.close()
 
     def log(self, step: int, scalars: dict) -> None:
+        t = self.schedule
         self.metrics.log(step, {**scalars, "progress/consumed_tokens": step * self.tokens_per_step})
         if self.rank == 0 and ("perf/tokens_per_s" in scalars or "val/loss" in scalars or step == 0):
             shown = " ".join(f"{k.replace('train/', '').replace('/', '_')}={v:.4g}" for k, v in scalars.items())
-            print(f"[train] step {step}/{self.config.train.steps} {shown}", flush=True)
+            print(f"[{self.stage.name}] step {step}/{t.steps} {shown}", flush=True)
 
 
-def _stage_flags(parser) -> None:
+def stage_flags(parser) -> None:
     parser.add_argument("--resume", choices=["auto"], default=None,
                         help="continue from the newest checkpoint in <run.dir>/checkpoints (fresh start if none)")
     parser.add_argument("--until-step", dest="until_step", type=int, default=None,
@@ -170,7 +191,7 @@ def _stage_flags(parser) -> None:
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_stage_args(
         "Pretrain a causal LM under DeepSpeed.", argv,
-        _stage_flags)
+        stage_flags)
     try:
         Trainer(config, args.resume, args.until_step).fit()
     except ConfigError as err:

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Pretrain
 
 from pipeline.models.sizes import SIZES, ModelShape, resolve_shape
 
-__all__ = ["SIZES", "ModelShape", "resolve_shape", "hf_config", "build_model", "special_token_ids"]
+__all__ = ["SIZES", "ModelShape", "resolve_shape", "hf_config", "build_model", "shape_of", "special_token_ids"]
 
 
 def special_token_ids(tokenizer) -> dict:
@@ -31,6 +31,18 @@ def hf_config(shape: ModelShape, vocab_size: int, token_ids: dict) -> Pretrained
                        num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
                        num_key_value_heads=shape.kv_heads, max_position_embeddings=shape.max_positions,
                        attention_dropout=0.0, tie_word_embeddings=False, **token_ids)
+
+
+def shape_of(config: PretrainedConfig) -> ModelShape:
+    """Our shape of an HF GPT-2 or LLaMA config (e.g. a donor checkpoint's)."""
+    if config.model_type == "gpt2":
+        return ModelShape("gpt2", layers=config.n_layer, hidden=config.n_embd, heads=config.n_head,
+                          kv_heads=config.n_head, ffn=config.n_inner or 4 * config.n_embd,
+                          max_positions=config.n_positions)
+    return ModelShape("llama", layers=config.num_hidden_layers, hidden=config.hidden_size,
+                      heads=config.num_attention_heads,
+                      kv_heads=config.num_key_value_heads or config.num_attention_heads,
+                      ffn=config.intermediate_size, max_positions=config.max_position_embeddings)
 
 
 def build_model(config: PretrainedConfig | None, init_from: str | None = None) -> transformers.PreTrainedModel:

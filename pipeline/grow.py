@@ -1,0 +1,143 @@
+"""Grow stage: learn a LiGO growth operator from a small pretrained donor to the target shape, then
+write the grown target as a plain Hugging Face checkpoint for the train stage.
+
+    deepspeed --num_gpus 2 --master_port 29513 --module pipeline.grow --config tiny \\
+        grow.donor=runs/tiny/donor/hf run.dir=runs/tiny/grow
+    # the heuristic alone (stacking + function-preserving width copy), no operator training
+    python -m pipeline.grow --config tiny grow.donor=runs/tiny/donor/hf grow.steps=0 run.dir=runs/tiny/stack
+    # then continue pretraining the grown model
+    deepspeed --num_gpus 2 --master_port 29513 --module pipeline.train --config tiny \\
+        train.init_from=runs/tiny/grow/hf run.dir=runs/tiny/grown
+
+The target shape is the recipe's `model` section; the donor's tokenizer must be the data's. Only the
+operator is trained (the donor is frozen), with the train section's batch / DeepSpeed settings and the
+grow section's steps and learning rate. Checkpoints and `--resume auto` work as in the train stage.
+Outputs in <run>: hf/ (grown model), operator.pt + operator.json (the learned operator), report.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig
+
+from pipeline import checkpoint
+from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
+from pipeline.data.packing import read_meta
+from pipeline.data.tokenizer import load_tokenizer
+from pipeline.engine import full_fp32_state_dict, gathered
+from pipeline.growth.adapters import adapter_for
+from pipeline.growth.model import GrownModel
+from pipeline.growth.operator import GrowthOperator, GrowthPlan, check_plan
+from pipeline.metrics import read_metrics
+from pipeline.models import resolve_shape, shape_of
+from pipeline.train import Trainer, stage_flags
+
+
+def read_donor(path: str):
+    donor_dir = Path(path)
+    if not (donor_dir / "config.json").exists():
+        raise ConfigError(f"grow.donor={path!r} is not an HF model dir (no config.json); point it at a donor's "
+                          f"hf/ directory, e.g. runs/tiny/donor/hf")
+    config = AutoConfig.from_pretrained(donor_dir)
+    adapter = adapter_for(config)  # raises for unsupported architectures
+    shards = sorted(donor_dir.glob("*.safetensors"))
+    if not shards:
+        raise ConfigError(f"{donor_dir} has no .safetensors weights")
+    return config, adapter, shards
+
+
+class GrowStage:
+    name = "grow"
+
+    def __init__(self, config: Config):
+        g = config.grow
+        if g.donor is None:
+            raise ConfigError("grow.donor is not set: give the donor's HF model dir (grow.donor=runs/tiny/donor/hf)")
+        self.donor_config, self.adapter, self.donor_shards = read_donor(g.donor)
+        self.plan = GrowthPlan(shape_of(self.donor_config), resolve_shape(config.model), g.depth_init,
+                               g.width_init, config.train.seed)
+        check_plan(self.plan)
+        self._check_tokenizer(config)
+        self.started = time.time()
+
+    def _check_tokenizer(self, config: Config) -> None:
+        meta = read_meta(Path(config.data.output_dir))
+        if meta is None:
+            return  # the trainer reports missing data
+        if self.donor_config.vocab_size != meta["vocab_size"]:
+            raise ConfigError(f"donor vocab {self.donor_config.vocab_size} != data vocab {meta['vocab_size']}: "
+                              f"prepare the data with the donor's tokenizer")
+        donor_dir = config.grow.donor
+        if (Path(donor_dir) / "tokenizer_config.json").exists() and \
+                load_tokenizer(donor_dir).get_vocab() != load_tokenizer(meta["tokenizer"]).get_vocab():
+            raise ConfigError(f"the donor's tokenizer ({donor_dir}) differs from the data's ({meta['tokenizer']}): "
+                              f"prepare the data with data.tokenizer={donor_dir}")
+
+    def schedule(self, config: Config) -> TrainConfig:
+        g = config.grow
+        return dataclasses.replace(config.train, steps=g.steps, lr=g.lr, warmup_steps=g.warmup_steps,
+                                   min_lr_ratio=g.min_lr_ratio, weight_decay=g.weight_decay, init_from=None,
+                                   eval_interval=min(config.train.eval_interval, max(g.steps, 1)))
+
+    def build_model(self, config: Config, target_config, ds: dict) -> torch.nn.Module:
+        target_config.tie_word_embeddings = self.adapter.tied_head  # the head follows the donor's tying
+        state = {}
+        for shard in self.donor_shards:
+            state.update(load_file(shard))
+        donor_globals, donor_layers = self.adapter.to_canonical(state, self.plan.donor.layers)
+        operator = GrowthOperator(self.plan, self.adapter, donor_globals, donor_layers)
+        return GrownModel(operator, target_config)
+
+    def export(self, trainer: Trainer) -> None:
+        operator: GrowthOperator = trainer.engine.module.operator
+        stage3 = trainer.engine.zero_optimization_stage() == 3
+        weights = {}
+
+        def collect(module, items):  # one generator's parameters gathered at a time
+            with gathered(list(module.parameters()) + module.shared_parameters(), enabled=stage3):
+                named = list(items())
+                if trainer.rank == 0:
+                    weights.update({name: value.detach().to("cpu", torch.float32).clone() for name, value in named})
+
+        adapter = operator.adapter
+        collect(operator.globals, lambda: [(adapter.global_name(k), operator.globals(k)) for k in operator.global_keys()])
+        for i, layer in enumerate(operator.layers):
+            collect(layer, lambda: [(adapter.layer_prefix(i) + n, v) for n, v in adapter.layer_to_hf(layer()).items()])
+        checkpoint.write_hf_dir(weights, trainer.target_config, trainer.tokenizer, trainer.run_dir / "hf",
+                                trainer.rank)
+        trainable = {n: v for n, v in full_fp32_state_dict(trainer.engine, trainer.rank).items()
+                     if not n.startswith(("operator.donor.", "operator.globals."))}
+        if trainer.rank == 0:
+            torch.save(trainable, trainer.run_dir / "operator.pt")
+            (trainer.run_dir / "operator.json").write_text(json.dumps(
+                {"plan": dataclasses.asdict(self.plan), "donor": trainer.config.grow.donor}, indent=2))
+            self._write_report(trainer, sum(v.numel() for v in trainable.values()))
+
+    def _write_report(self, trainer: Trainer, operator_params: int) -> None:
+        val = [(r["step"], r["val/loss"]) for r in read_metrics(trainer.run_dir) if "val/loss" in r]
+        report = {"donor": trainer.config.grow.donor, "plan": dataclasses.asdict(self.plan),
+                  "operator_parameters": operator_params, "operator_steps": trainer.schedule.steps,
+                  "val_loss_heuristic_init": val[0][1], "val_loss_after_operator_training": val[-1][1],
+                  "val_curve": val, "seconds": round(time.time() - self.started, 1)}
+        (trainer.run_dir / "report.json").write_text(json.dumps(report, indent=2))
+        print(f"[grow] validation loss: heuristic init {val[0][1]:.4f} -> after {trainer.schedule.steps} operator "
+              f"steps {val[-1][1]:.4f}; grown model in {trainer.run_dir / 'hf'}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, args = parse_stage_args("Grow a pretrained donor into the target shape with LiGO.", argv, stage_flags)
+    try:
+        Trainer(config, args.resume, args.until_step, GrowStage(config)).fit()
+    except ConfigError as err:
+        sys.exit(f"grow error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The LiGO growth operator: target weights = width expansion of a depth blend of donor weights.
+
+For each canonical module type k (q, k, v, o, norms, MLP matrices) and target layer i:
+    blended = sum_j w_k[i, j] * donor_layer_j.k                  depth: w_k in R^{L2 x L1}
+    target  = P_rows(i) @ blended @ C_cols(i)^T                   width, by the module's role
+Width expansions (adapters.LAYER_ROLES):
+  residual   one global expansion (D1 -> D2) shared by embeddings, every residual reader and writer,
+             the norms and the LM head: the paper's key tying.
+  q_heads, k_heads, v_heads, ffn   per target layer; heads grow in whole heads (head_dim fixed), so
+             the expansion is H (x) I_head_dim with H over head indices.
+Each expansion is a pair (P, s): producers (rows) use P; consumers (columns) use P diag(s). The paper
+ties consumers to the same matrix (A_o = B_v, A_fc2 = B_fc1, A_qkv = B_emb); the extra per-unit scale
+s (N1 numbers) lets the same tying also express fan-in-normalized, function-preserving growth
+(Net2Net / HyperCloning): for a copy expansion, C^T P = diag(s * copies) = I.
+Norm gains are multiplied by ||P||_F / sqrt(D2), the factor by which the expansion changes the
+RMS of the residual stream (1 for equal-count copies, sqrt(D1/D2) for zero-padding).
+
+Order of operations: depth blend in the donor's width, then expansion per target layer, as in the
+official code: the target is generated one layer at a time at the cost of L2 (not L1*L2) expansions.
+The operator is never a dense (L2*D2^2) x (L1*D1^2) matrix.
+
+Everything here is plain torch (no DeepSpeed): generator modules own their parameters, and
+`shared_parameters()` tells a ZeRO-3 wrapper which parameters each generator reads from elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.config import ConfigError
+from pipeline.growth.adapters import LAYER_ROLES, NORMS, Adapter
+from pipeline.growth.init import depth_init, head_sources, width_init
+from pipeline.models.sizes import ModelShape
+
+
+@dataclass(frozen=True)
+class GrowthPlan:
+    donor: ModelShape
+    target: ModelShape
+    depth_init: str = "stack"
+    width_init: str = "copy"
+    seed: int = 0
+
+
+def check_plan(plan: GrowthPlan) -> None:
+    """Refuse growth that the operator cannot express, before any compute."""
+    d, t = plan.donor, plan.target
+    if d.family != t.family:
+        raise ConfigError(f"donor is {d.family}, target is {t.family}: growth keeps the architecture")
+    if d.head_dim != t.head_dim:
+        raise ConfigError(f"head_dim differs (donor {d.head_dim}, target {t.head_dim}): attention grows in whole "
+                          f"heads, so choose target heads = target hidden / {d.head_dim}")
+    smaller = [f"{n} {getattr(d, n)} -> {getattr(t, n)}" for n in ("hidden", "ffn", "heads", "kv_heads")
+               if getattr(t, n) < getattr(d, n)]
+    if smaller:
+        raise ConfigError(f"target is narrower than the donor ({', '.join(smaller)}): width can only grow "
+                          f"(depth may shrink)")
+    if t.family == "gpt2" and t.max_positions > d.max_positions:
+        raise ConfigError(f"GPT-2 target max_positions {t.max_positions} > donor's {d.max_positions}: the learned "
+                          f"position embeddings of the extra positions would have no source")
+    head_sources(d.heads, d.kv_heads, t.heads, t.kv_heads)  # raises if KV groups cannot map
+
+
+class Expansion(nn.Module):
+    """N1 -> N2 in blocks of `block` (1, or head_dim for heads): producer P, consumer P diag(s)."""
+
+    def __init__(self, p: torch.Tensor, s: torch.Tensor, block: int = 1):
+        super().__init__()
+        self.weight = nn.Parameter(p.clone())
+        self.scale = nn.Parameter(s.clone())
+        self.block = block
+
+    def matrix(self, consumer: bool) -> torch.Tensor:
+        return self.weight * self.scale if consumer else self.weight
+
+    def rows(self, w: torch.Tensor, consumer: bool = False) -> torch.Tensor:
+        """Expand dim 0 of a matrix or vector."""
+        m = self.matrix(consumer)
+        blocks = w.reshape(m.shape[1], self.block, -1)
+        return torch.einsum("pn,nbi->pbi", m, blocks).reshape(m.shape[0] * self.block, *w.shape[1:])
+
+    def cols(self, w: torch.Tensor, consumer: bool = True) -> torch.Tensor:
+        """Expand dim 1 of a matrix (the input side)."""
+        m = self.matrix(consumer)
+        blocks = w.reshape(w.shape[0], m.shape[1], self.block)
+        return torch.einsum("pn,onb->opb", m, blocks).reshape(w.shape[0], m.shape[0] * self.block)
+
+    def rms_ratio(self) -> torch.Tensor:
+        """RMS(P x) / RMS(x) for an isotropic x."""
+        return self.weight.norm() / self.weight.shape[0] ** 0.5
+
+
+class DonorLayers(nn.Module):
+    """The donor's layer weights, stacked over layers per canonical key, frozen."""
+
+    def __init__(self, layers: list[dict[str, torch.Tensor]]):
+        super().__init__()
+        self.keys = list(layers[0])
+        for key in self.keys:
+            stacked = torch.stack([layer[key] for layer in layers]).float()
+            self.register_parameter(_attr(key), nn.Parameter(stacked, requires_grad=False))
+
+    def stack(self, key: str) -> torch.Tensor:
+        return getattr(self, _attr(key))
+
+
+def _attr(key: str) -> str:
+    return key.replace(".", "__")
+
+
+class LayerGenerator(nn.Module):
+    """Generates one target layer: its depth coefficients and per-layer expansions are its own
+    parameters; it reads the global residual expansion and the donor stacks (shared)."""
+
+    def __init__(self, depth: dict[str, torch.Tensor], expansions: dict[str, Expansion],
+                 residual: Expansion, donor: DonorLayers, adapter: Adapter):
+        super().__init__()
+        self.depth = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in depth.items()})
+        self.expansions = nn.ModuleDict(expansions)
+        self._shared = (residual, donor)  # a tuple: not registered as submodules here
+        self.adapter = adapter
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        residual, donor = self._shared
+        return list(residual.parameters()) + list(donor.parameters())
+
+    def _expansion(self, role: str) -> Expansion:
+        return self._shared[0] if role == "residual" else self.expansions[role]
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        residual, donor = self._shared
+        out = {}
+        for key in self.adapter.layer_keys():
+            module, kind = key.split(".")
+            blended = torch.einsum("j,j...->...", self.depth[module], donor.stack(key))
+            row_role, col_role = LAYER_ROLES[module]
+            value = self._expansion(row_role).rows(blended)
+            if kind == "weight" and col_role is not None:
+                value = self._expansion(col_role).cols(value)
+            if module in NORMS and kind == "weight":
+                value = value * residual.rms_ratio()
+            out[key] = value
+        return out
+
+
+class GlobalGenerator(nn.Module):
+    """Embeddings, final norm and LM head: donor tensors (frozen) expanded by the residual expansion."""
+
+    def __init__(self, donor_globals: dict[str, torch.Tensor], residual: Expansion, adapter: Adapter,
+                 positions: int):
+        super().__init__()
+        self.positions = positions
+        for key, value in donor_globals.items():
+            self.register_parameter(_attr(key), nn.Parameter(value.float().clone(), requires_grad=False))
+        self._shared = (residual,)
+        self.adapter = adapter
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self._shared[0].parameters())
+
+    def forward(self, key: str) -> torch.Tensor:
+        residual = self._shared[0]
+        donor = getattr(self, _attr(key))
+        if key in ("embed", "pos"):  # residual writers: columns are the residual stream
+            if key == "pos":
+                donor = donor[:self.positions]
+            return residual.cols(donor, consumer=False)
+        if key == "head":  # reads the final normed stream
+            return residual.cols(donor, consumer=True)
+        # final norm: with a tied head the head (= expanded embedding) cannot carry the consumer
+        # scale, so the final norm's output takes it instead.
+        value = residual.rows(donor, consumer=self.adapter.tied_head)
+        return value * residual.rms_ratio() if key == "final_norm.weight" else value
+
+
+class GrowthOperator(nn.Module):
+    def __init__(self, plan: GrowthPlan, adapter: Adapter, donor_globals: dict, donor_layers: list[dict]):
+        super().__init__()
+        check_plan(plan)
+        d, t = plan.donor, plan.target
+        gen = torch.Generator().manual_seed(plan.seed)
+        self.plan, self.adapter = plan, adapter
+        self.residual = Expansion(*width_init(plan.width_init, d.hidden, t.hidden, gen))
+        self.donor = DonorLayers(donor_layers)
+        self.globals = GlobalGenerator(donor_globals, self.residual, adapter, t.max_positions)
+        q_src, kv_src = head_sources(d.heads, d.kv_heads, t.heads, t.kv_heads)
+        modules = adapter.layer_modules
+        layers = []
+        for _ in range(t.layers):
+            expansions = {
+                "q_heads": Expansion(*width_init(plan.width_init, d.heads, t.heads, gen, q_src), block=d.head_dim),
+                "k_heads": Expansion(*width_init(plan.width_init, d.kv_heads, t.kv_heads, gen, kv_src),
+                                     block=d.head_dim),
+                "v_heads": Expansion(*width_init(plan.width_init, d.kv_heads, t.kv_heads, gen, kv_src),
+                                     block=d.head_dim),
+                "ffn": Expansion(*width_init(plan.width_init, d.ffn, t.ffn, gen)),
+            }
+            layers.append(expansions)
+        # one depth matrix per module type, split by target layer row (each generator owns its row)
+        depth = {m: depth_init(plan.depth_init, d.layers, t.layers, gen) for m in modules}
+        self.layers = nn.ModuleList(
+            LayerGenerator({m: depth[m][i] for m in modules}, layers[i], self.residual, self.donor, adapter)
+            for i in range(t.layers))
+
+    def depth_matrix(self, module: str) -> torch.Tensor:
+        return torch.stack([layer.depth[module] for layer in self.layers])
+
+    def generator_modules(self) -> list[nn.Module]:
+        return [self.globals, *self.layers]
+
+    def global_keys(self) -> list[str]:
+        return [k for k in ("embed", "pos", "final_norm.weight", "final_norm.bias", "head")
+                if hasattr(self.globals, _attr(k))]
+
+    @torch.no_grad()
+    def materialize(self):
+        """Yield (hf_name, tensor) for the whole target, one layer at a time."""
+        for key in self.global_keys():
+            yield self.adapter.global_name(key), self.globals(key)
+        for i, layer in enumerate(self.layers):
+            prefix = self.adapter.layer_prefix(i)
+            for name, value in self.adapter.layer_to_hf(layer()).items():
+                yield prefix + name, value
