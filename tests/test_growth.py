@@ -1,0 +1,214 @@
+"""The LiGO operator on CPU: shapes and tying, exact heuristics, function preservation, generated forward
+== materialized HF model, parameter count, and bad input."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, BertConfig
+
+from pipeline.config import ConfigError, load_config
+from pipeline.growth.adapters import adapter_for
+from pipeline.growth.init import depth_sources, head_sources
+from pipeline.growth.model import GrownModel
+from pipeline.growth.operator import GrowthOperator, GrowthPlan
+from pipeline.models import SIZES, build_model, hf_config, shape_of
+
+TOKEN_IDS = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
+VOCAB = 300
+LLAMA = SIZES["llama-nano"]  # 2 layers, 128 wide, 4 query / 2 KV heads of 32, ffn 352
+GPT2 = SIZES["gpt2-nano"]
+
+
+def make_donor(shape, seed=0):
+    torch.manual_seed(seed)
+    donor = build_model(hf_config(shape, VOCAB, TOKEN_IDS)).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so tying mistakes show
+        for name, p in donor.named_parameters():
+            if "norm" in name or "ln_" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.2)
+    return donor
+
+
+def grow(donor, target, depth="stack", width="copy", seed=0):
+    adapter = adapter_for(donor.config)
+    g, layers = adapter.to_canonical(donor.state_dict(), shape_of(donor.config).layers)
+    op = GrowthOperator(GrowthPlan(shape_of(donor.config), target, depth, width, seed), adapter, g, layers)
+    target_config = hf_config(target, VOCAB, TOKEN_IDS)
+    target_config.tie_word_embeddings = adapter.tied_head
+    return op, target_config
+
+
+def assert_same(got, expected):
+    """Equal up to float rounding (x * (1/3) vs x / 3): at most a few ulp."""
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+
+
+def materialized(op, target_config):
+    model = AutoModelForCausalLM.from_config(target_config).eval()
+    missing, unexpected = model.load_state_dict(dict(op.materialize()), strict=False)
+    assert unexpected == [] and missing == (["lm_head.weight"] if op.adapter.tied_head else [])
+    return model
+
+
+TARGETS = {
+    "llama wider, GQA 4/2 -> 8/4": (LLAMA, replace(LLAMA, hidden=256, heads=8, kv_heads=4, ffn=704)),
+    "llama deeper+wider": (LLAMA, SIZES["llama-micro"]),
+    "llama non-integer width, depth 2->3": (LLAMA, replace(LLAMA, layers=3, hidden=192, heads=6, kv_heads=3, ffn=500)),
+    "llama shrink depth 2->1": (LLAMA, replace(LLAMA, layers=1, hidden=160, heads=5, kv_heads=5, ffn=400)),
+    "gpt2 deeper+wider": (GPT2, SIZES["gpt2-micro"]),
+    "gpt2 non-integer width": (GPT2, replace(GPT2, layers=3, hidden=224, heads=7, kv_heads=7, ffn=800)),
+}
+
+
+@pytest.mark.parametrize("case", list(TARGETS))
+def test_generated_forward_equals_materialized_model(case):
+    donor_shape, target = TARGETS[case]
+    op, target_config = grow(make_donor(donor_shape), target, depth="noisy_stack", width="random")
+    with torch.no_grad():  # move away from the init so every operator parameter matters
+        for p in op.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    ids = torch.randint(0, VOCAB, (2, 24))
+    generated = GrownModel(op, target_config)(ids).logits
+    hf = materialized(op, target_config)(ids).logits
+    assert generated.shape == (2, 24, VOCAB)
+    assert torch.allclose(generated, hf, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, target", [
+    (LLAMA, replace(LLAMA, hidden=256, heads=8, kv_heads=4, ffn=704)),   # 2x, GQA groups doubled
+    (LLAMA, replace(LLAMA, hidden=384, heads=12, kv_heads=2, ffn=1056)),  # 3x, query heads per group tripled
+    (GPT2, replace(GPT2, hidden=256, heads=8, kv_heads=8, ffn=1024)),
+])
+def test_copy_width_growth_preserves_the_function(shape, target):
+    donor = make_donor(shape)
+    op, target_config = grow(donor, target, depth="stack", width="copy")
+    ids = torch.randint(0, VOCAB, (3, 32))
+    with torch.no_grad():
+        expected = donor(ids).logits
+        got = materialized(op, target_config)(ids).logits
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_copy_width_is_hypercloning_exactly():
+    """Each target matrix is the donor's with rows copied and columns copied and divided by the copies."""
+    donor = make_donor(LLAMA)
+    target = replace(LLAMA, hidden=320, heads=10, kv_heads=5, ffn=704)  # non-integer residual ratio 2.5
+    op, target_config = grow(donor, target)
+    grown = dict(op.materialize())
+    res = [i if i < 128 else (i - 128) % 128 for i in range(320)]
+    res_copies = torch.bincount(torch.tensor(res)).float()
+    ffn = [i if i < 352 else (i - 352) % 352 for i in range(704)]
+    ffn_copies = torch.bincount(torch.tensor(ffn)).float()
+    d = donor.state_dict()
+    up = d["model.layers.1.mlp.up_proj.weight"]
+    assert_same(grown["model.layers.1.mlp.up_proj.weight"], up[ffn][:, res] / res_copies[res])
+    down = d["model.layers.0.mlp.down_proj.weight"]
+    assert_same(grown["model.layers.0.mlp.down_proj.weight"], down[res][:, ffn] / ffn_copies[ffn])
+    q_heads, kv_heads = head_sources(4, 2, 10, 5)
+    q_rows = [h * 32 + j for h in q_heads for j in range(32)]
+    q = d["model.layers.0.self_attn.q_proj.weight"]
+    assert_same(grown["model.layers.0.self_attn.q_proj.weight"], q[q_rows][:, res] / res_copies[res])
+    kv_rows = [g * 32 + j for g in kv_heads for j in range(32)]
+    k = d["model.layers.0.self_attn.k_proj.weight"]
+    assert_same(grown["model.layers.0.self_attn.k_proj.weight"], k[kv_rows][:, res] / res_copies[res])
+    o = d["model.layers.1.self_attn.o_proj.weight"]
+    q_copies = torch.bincount(torch.tensor(q_heads)).float().repeat_interleave(32)
+    assert_same(grown["model.layers.1.self_attn.o_proj.weight"], o[res][:, q_rows] / q_copies[q_rows])
+    assert_same(grown["model.embed_tokens.weight"], d["model.embed_tokens.weight"][:, res])
+    assert op.residual.rms_ratio().item() == pytest.approx(1.0)  # one 1 per row: no norm correction
+    norm = d["model.layers.1.input_layernorm.weight"]
+    assert_same(grown["model.layers.1.input_layernorm.weight"], norm[res])
+
+
+@pytest.mark.parametrize("scheme, l1, l2, expected", [
+    ("stack", 2, 5, [0, 1, 0, 1, 0]),
+    ("interpolate", 2, 5, [0, 0, 0, 1, 1]),
+    ("midas", 4, 6, [0, 1, 2, 1, 2, 3]),
+    ("midas", 2, 5, [0, 1, 1, 0, 1]),  # [0,1] -> [0,1,0,1] -> middle layer repeated
+    ("stack", 4, 2, [0, 2]),  # shrinking keeps evenly spaced layers
+])
+def test_depth_heuristics_copy_the_right_layers(scheme, l1, l2, expected):
+    assert depth_sources(scheme, l1, l2) == expected
+    donor = make_donor(replace(LLAMA, layers=l1))
+    op, _ = grow(donor, replace(LLAMA, layers=l2), depth=scheme)  # same width: pure depth growth
+    grown, d = dict(op.materialize()), donor.state_dict()
+    for i, j in enumerate(expected):
+        for name in ("self_attn.v_proj.weight", "mlp.gate_proj.weight", "post_attention_layernorm.weight"):
+            assert torch.equal(grown[f"model.layers.{i}.{name}"], d[f"model.layers.{j}.{name}"])
+
+
+def test_official_ligo_init():
+    op, _ = grow(make_donor(LLAMA), SIZES["llama-micro"], depth="noisy_stack", width="random", seed=3)
+    w = op.depth_matrix("q").detach()
+    assert torch.allclose(w.sum(dim=1), torch.ones(4))
+    assert w.argmax(dim=1).tolist() == [0, 1, 0, 1]
+    assert (w.max(dim=1).values >= 1 / 1.06).all()  # one-hot plus at most 0.03 noise per entry
+    p = op.residual.weight.detach()
+    assert torch.equal(p[:128], torch.eye(128))  # old units kept
+    assert (p[128:] >= 0).all() and torch.allclose(p[128:].sum(dim=1), torch.ones(128))  # convex blends
+    assert torch.equal(op.residual.scale.detach(), torch.ones(128))
+    again, _ = grow(make_donor(LLAMA), SIZES["llama-micro"], depth="noisy_stack", width="random", seed=3)
+    assert torch.equal(again.residual.weight, op.residual.weight)  # seeded
+
+
+def test_gqa_heads_read_their_own_kv_group():
+    q_src, kv_src = head_sources(4, 2, 12, 6)  # donor 2 query heads per group, target 2 per group
+    for h, source in enumerate(q_src):
+        assert kv_src[h // 2] == source // 2  # target head's group copies its donor head's group
+    q_src, kv_src = head_sources(8, 2, 8, 4)  # 4 -> 2 query heads per group: groups split the heads
+    assert sorted(q_src) == list(range(8))
+
+
+def test_operator_parameter_count_matches_the_factorization():
+    d, t = LLAMA, SIZES["llama-micro"]
+    op, _ = grow(make_donor(d), t)
+    trainable = sum(p.numel() for p in op.parameters() if p.requires_grad)
+    depth = 9 * t.layers * d.layers  # one L2 x L1 matrix per module type (9 in LLaMA)
+    residual = t.hidden * d.hidden + d.hidden
+    per_layer = (t.heads * d.heads + d.heads) + 2 * (t.kv_heads * d.kv_heads + d.kv_heads) + t.ffn * d.ffn + d.ffn
+    assert trainable == depth + residual + t.layers * per_layer
+    assert all(not p.requires_grad for p in op.donor.parameters())
+
+
+@pytest.mark.parametrize("target, message", [
+    (replace(LLAMA, hidden=96, heads=3, kv_heads=1), "narrower than the donor"),
+    (replace(LLAMA, hidden=256, heads=4, kv_heads=2), "head_dim differs"),
+    (replace(LLAMA, hidden=256, heads=8, kv_heads=8, ffn=704), None),  # MHA target from GQA donor is fine
+    (replace(LLAMA, hidden=128, heads=4, kv_heads=4, ffn=352), None),
+    (replace(SIZES["llama-nano"], heads=4, kv_heads=1), "narrower than the donor"),
+])
+def test_bad_growth_targets_rejected(target, message):
+    if message is None:
+        grow(make_donor(LLAMA), target)
+        return
+    with pytest.raises(ConfigError, match=message):
+        grow(make_donor(LLAMA), target)
+
+
+def test_kv_groups_that_cannot_map_rejected():
+    with pytest.raises(ConfigError, match="cannot map attention heads"):
+        head_sources(8, 2, 9, 3)  # donor group 1 has 4 query heads, its single copy has room for 3
+
+
+def test_unsupported_donor_architecture_rejected():
+    with pytest.raises(ConfigError, match="'bert' is not supported"):
+        adapter_for(BertConfig())
+
+
+def test_grow_stage_rejects_bad_donors_before_compute(tmp_path, prepared):
+    from pipeline.grow import GrowStage
+    root, _, _ = prepared
+    overrides = [f"data.tokenizer={root}/tokenizer", f"data.output_dir={root}/packed"]
+    with pytest.raises(ConfigError, match="grow.donor is not set"):
+        GrowStage(load_config("tiny", overrides))
+    with pytest.raises(ConfigError, match="not an HF model dir"):
+        GrowStage(load_config("tiny", overrides + [f"grow.donor={tmp_path}"]))
+    make_donor(LLAMA).save_pretrained(tmp_path / "donor300")  # vocab 300, the data has 2048
+    with pytest.raises(ConfigError, match="donor vocab 300 != data vocab 2048"):
+        GrowStage(load_config("tiny", overrides + [f"grow.donor={tmp_path / 'donor300'}"]))
+    gpt2 = build_model(hf_config(GPT2, 2048, TOKEN_IDS))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ConfigError, match="donor is gpt2, target is llama"):
+        GrowStage(load_config("tiny", overrides + [f"grow.donor={tmp_path / 'gpt2'}"]))
