@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # The whole tiny pipeline on the embedded corpus (this Python's standard library), 2 CPU ranks:
-#   prepare data -> pretrain a small donor (llama-nano) -> train the larger target (llama-micro) from scratch.
+#   prepare data -> pretrain a small donor (llama-nano) -> grow it with LiGO into llama-micro ->
+#   continue pretraining the grown model, and, for comparison, train llama-micro from scratch.
 #   bash launch/quickstart.sh            (re-running continues/finishes the same runs)
-# Outputs: tokenizers/stdlib-2k, data/stdlib-2k-128, runs/tiny/{donor,scratch}; watch with
+# Outputs: tokenizers/stdlib-2k, data/stdlib-2k-128, runs/tiny/{donor,grow,grown,scratch}; watch with
 #   .venv/bin/tensorboard --logdir runs/tiny
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-PORT=${MASTER_PORT:-29517}
-NPROC=${NUM_GPUS:-2}
-RUN="deepspeed --num_gpus $NPROC --master_port $PORT --module pipeline.train --config tiny --resume auto"
+LAUNCH="deepspeed --num_gpus ${NUM_GPUS:-2} --master_port ${MASTER_PORT:-29517}"
 source .venv/bin/activate
 
 python -m pipeline.prepare --config tiny
-$RUN run.dir=runs/tiny/donor model.size=llama-nano train.steps=300
-$RUN run.dir=runs/tiny/scratch model.size=llama-micro train.steps=300
+$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=runs/tiny/donor model.size=llama-nano train.steps=300
+$LAUNCH --module pipeline.grow --config tiny --resume auto run.dir=runs/tiny/grow grow.donor=runs/tiny/donor/hf
+$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=runs/tiny/grown train.init_from=runs/tiny/grow/hf
+$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=runs/tiny/scratch
 python - <<'PY'
+import json
 from pipeline.metrics import read_metrics
-for name in ("donor", "scratch"):
-    vals = [r["val/loss"] for r in read_metrics(f"runs/tiny/{name}") if "val/loss" in r]
-    print(f"[quickstart] {name}: validation loss {vals[0]:.3f} -> {vals[-1]:.3f}  (runs/tiny/{name}/hf)")
+def val(run):
+    return [(r["step"], r["val/loss"]) for r in read_metrics(f"runs/tiny/{run}") if "val/loss" in r]
+grow = json.load(open("runs/tiny/grow/report.json"))
+print(f"[quickstart] donor llama-nano: validation loss {val('donor')[0][1]:.3f} -> {val('donor')[-1][1]:.3f}")
+print(f"[quickstart] llama-micro at step 0: scratch {val('scratch')[0][1]:.3f}, heuristic growth "
+      f"{grow['val_loss_heuristic_init']:.3f}, LiGO after {grow['operator_steps']} operator steps "
+      f"{grow['val_loss_after_operator_training']:.3f}")
+steps = val('scratch')[-1][0]
+print(f"[quickstart] llama-micro after {steps} steps: scratch {val('scratch')[-1][1]:.3f}, "
+      f"grown {val('grown')[-1][1]:.3f}")
 PY

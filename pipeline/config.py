@@ -132,7 +132,7 @@ class GrowConfig:
     depth_init: str = "stack"
     """Operator start in depth: stack | interpolate | midas | noisy_stack (pipeline/growth/init.py)."""
     width_init: str = "copy"
-    """Operator start in width: copy (function-preserving) | random (official LiGO code)."""
+    """Operator start in width: copy (function-preserving) | aki (bert2BERT) | random (official LiGO code)."""
     steps: int = 100
     """Operator training steps on the target's LM loss (0 = the heuristic init as is)."""
     lr: float = 1.0e-3
@@ -143,6 +143,10 @@ class GrowConfig:
     """Cosine decay floor after warmup, as a fraction of lr."""
     weight_decay: float = 0.0
     """Weight decay on operator coefficients (0: do not pull them towards zero)."""
+    recompute: bool = True
+    """Regenerate each target module's weights (and its activations) in backward instead of storing
+    them: memory of one module's weights at a time. False stores the generated weights (one unsharded
+    fp32 copy of the target per rank) and runs faster."""
 
 
 @dataclass

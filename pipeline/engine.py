@@ -125,3 +125,12 @@ def full_fp32_state_dict(engine, rank: int) -> dict[str, torch.Tensor]:
         if rank == 0:
             state[name] = full.detach().to("cpu", torch.float32).clone()
     return state
+
+
+def trainable_parameters_per_rank(engine) -> list[int]:
+    """How many trainable parameter elements each rank holds (ZeRO-3 partitions them). Collective."""
+    local = sum((p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel())
+                for p in engine.module.parameters() if p.requires_grad)
+    counts = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, local)
+    return counts

@@ -31,7 +31,7 @@ from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.packing import read_meta
 from pipeline.data.tokenizer import load_tokenizer
-from pipeline.engine import full_fp32_state_dict, gathered
+from pipeline.engine import full_fp32_state_dict, gathered, trainable_parameters_per_rank
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
 from pipeline.growth.operator import GrowthOperator, GrowthPlan, check_plan
@@ -93,7 +93,7 @@ class GrowStage:
             state.update(load_file(shard))
         donor_globals, donor_layers = self.adapter.to_canonical(state, self.plan.donor.layers)
         operator = GrowthOperator(self.plan, self.adapter, donor_globals, donor_layers)
-        return GrownModel(operator, target_config)
+        return GrownModel(operator, target_config, config.grow.recompute)
 
     def export(self, trainer: Trainer) -> None:
         operator: GrowthOperator = trainer.engine.module.operator
@@ -114,16 +114,18 @@ class GrowStage:
                                 trainer.rank)
         trainable = {n: v for n, v in full_fp32_state_dict(trainer.engine, trainer.rank).items()
                      if not n.startswith(("operator.donor.", "operator.globals."))}
+        per_rank = trainable_parameters_per_rank(trainer.engine)
         if trainer.rank == 0:
             torch.save(trainable, trainer.run_dir / "operator.pt")
             (trainer.run_dir / "operator.json").write_text(json.dumps(
                 {"plan": dataclasses.asdict(self.plan), "donor": trainer.config.grow.donor}, indent=2))
-            self._write_report(trainer, sum(v.numel() for v in trainable.values()))
+            self._write_report(trainer, sum(v.numel() for v in trainable.values()), per_rank)
 
-    def _write_report(self, trainer: Trainer, operator_params: int) -> None:
+    def _write_report(self, trainer: Trainer, operator_params: int, per_rank: list[int]) -> None:
         val = [(r["step"], r["val/loss"]) for r in read_metrics(trainer.run_dir) if "val/loss" in r]
         report = {"donor": trainer.config.grow.donor, "plan": dataclasses.asdict(self.plan),
-                  "operator_parameters": operator_params, "operator_steps": trainer.schedule.steps,
+                  "operator_parameters": operator_params,
+                  "operator_parameters_per_rank": per_rank, "operator_steps": trainer.schedule.steps,
                   "val_loss_heuristic_init": val[0][1], "val_loss_after_operator_training": val[-1][1],
                   "val_curve": val, "seconds": round(time.time() - self.started, 1)}
         (trainer.run_dir / "report.json").write_text(json.dumps(report, indent=2))

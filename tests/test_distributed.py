@@ -103,3 +103,48 @@ def test_init_from_hf_weights_is_not_a_resume(prepared, tmp_path):
     assert seeded[0]["step"] == 0
     assert seeded[0]["val/loss"] == pytest.approx(source_final, rel=1e-5)
     assert seeded[1]["train/lr"] == pytest.approx(2e-3 / 2)  # warmup restarts: step 1 of 2
+
+
+@pytest.fixture(scope="module")
+def donor(prepared, tmp_path_factory):
+    """A briefly pretrained llama-nano donor (an HF dir), as the donor stage makes it."""
+    root, _, _ = prepared
+    run = tmp_path_factory.mktemp("donor")
+    train(run, root, "train.steps=30", "train.warmup_steps=5", "train.eval_interval=30",
+          "train.checkpoint_interval=30")
+    return run / "hf"
+
+
+def grow(run_dir, root, donor_dir, *extra):
+    return run_deepspeed(["--module", "pipeline.grow", "--config", "tiny", f"run.dir={run_dir}",
+                          *data_overrides(root), f"grow.donor={donor_dir}", "model.size=llama-micro",
+                          "grow.steps=6", "grow.warmup_steps=2", "train.eval_batches=2", "train.log_interval=2",
+                          "train.eval_interval=6", *extra])
+
+
+def test_grow_under_zero3_is_partitioned_learns_and_matches_zero0(prepared, donor, tmp_path):
+    root, _, _ = prepared
+    grow(tmp_path / "z3", root, donor, "train.deepspeed_config=zero3")
+    grow(tmp_path / "z0", root, donor, "train.deepspeed_config=zero0")
+    z3 = json.loads((tmp_path / "z3" / "report.json").read_text())
+    z0 = json.loads((tmp_path / "z0" / "report.json").read_text())
+    total = z3["operator_parameters"]
+    assert total == z0["operator_parameters"] > 0
+    assert all(0.45 * total <= n <= 0.55 * total for n in z3["operator_parameters_per_rank"])  # partitioned
+    assert z0["operator_parameters_per_rank"] == [total, total]  # replicated without ZeRO
+    assert z3["val_loss_after_operator_training"] < z3["val_loss_heuristic_init"]  # the operator learns
+    losses3 = [r["train/loss"] for r in read_metrics(tmp_path / "z3") if "train/loss" in r]
+    losses0 = [r["train/loss"] for r in read_metrics(tmp_path / "z0") if "train/loss" in r]
+    assert losses3 == pytest.approx(losses0, rel=1e-4)
+    assert z3["val_loss_after_operator_training"] == pytest.approx(z0["val_loss_after_operator_training"], rel=1e-4)
+    # the exported grown model is a plain HF checkpoint whose loss is the operator's
+    import torch
+    from transformers import AutoModelForCausalLM
+    from pipeline.data.loader import PackedSamples, validation_batches
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "z3" / "hf").eval()
+    assert model.config.num_hidden_layers == 4 and model.config.hidden_size == 256
+    val = PackedSamples(root / "packed", "validation")
+    with torch.no_grad():
+        per_rank = [sum(model(input_ids=b, labels=b).loss.item() for b in batches) / len(batches)
+                    for batches in (validation_batches(val, 8, 2, r, 2) for r in (0, 1))]
+    assert sum(per_rank) / 2 == pytest.approx(z3["val_loss_after_operator_training"], rel=1e-5)

@@ -212,3 +212,41 @@ def test_grow_stage_rejects_bad_donors_before_compute(tmp_path, prepared):
     gpt2.save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ConfigError, match="donor is gpt2, target is llama"):
         GrowStage(load_config("tiny", overrides + [f"grow.donor={tmp_path / 'gpt2'}"]))
+
+
+def test_tied_llama_head_growth_preserves_the_function():
+    config = hf_config(LLAMA, VOCAB, TOKEN_IDS)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    donor = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in donor.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    op, target_config = grow(donor, replace(LLAMA, hidden=256, heads=8, kv_heads=4, ffn=704))
+    assert op.adapter.tied_head and target_config.tie_word_embeddings
+    ids = torch.randint(0, VOCAB, (2, 16))
+    with torch.no_grad():
+        expected = donor(ids).logits
+        got = materialized(op, target_config)(ids).logits
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_aki_takes_new_units_from_the_next_layer():
+    """bert2BERT-AKI: entries touching only old units are the copy init of layer j; entries touching a new
+    unit come from donor layer j + 1 (the top layer uses itself)."""
+    donor = make_donor(replace(LLAMA, layers=3))
+    target = replace(LLAMA, layers=3, hidden=256, heads=8, kv_heads=4, ffn=704)
+    aki, _ = grow(donor, target, width="aki")
+    copy, _ = grow(donor, target, width="copy")
+    # same depth: with copy init, target layer j is the width-copied donor layer j
+    grown_aki, grown_copy = dict(aki.materialize()), dict(copy.materialize())
+    name = "mlp.up_proj.weight"
+    for i, upper in ((0, 1), (1, 2), (2, 2)):
+        got = grown_aki[f"model.layers.{i}.{name}"]
+        old = grown_copy[f"model.layers.{i}.{name}"]
+        new = grown_copy[f"model.layers.{upper}.{name}"]
+        assert_same(got[:352, :128], old[:352, :128])  # donor units: layer i
+        assert_same(got[352:, :], new[352:, :])  # new hidden units: layer i + 1
+        assert_same(got[:352, 128:], new[:352, 128:])  # new residual units: layer i + 1
+    assert aki.layers[0].depth_new is not None and copy.layers[0].depth_new is None

@@ -12,6 +12,8 @@ use P, consumers P diag(s), see operator.py):
   copy          Net2Net / HyperCloning: unit i < N1 keeps itself, unit i >= N1 copies unit (i - N1) mod N1;
                 s = 1/copies (fan-in normalization), so the grown model computes the donor's function
                 exactly when every unit has the same number of copies (integer width ratios).
+  aki           bert2BERT-AKI: copy, but every weight that touches a new unit comes from the next donor
+                layer (the top layer uses itself): breaks the symmetry of plain copies, not function-preserving.
   random        the official LiGO code's default: new units are random convex combinations of all old
                 units, old units are kept, s = 1 (no normalization).
 Attention grows in whole heads (head_dim fixed), so head expansions act on head indices.
@@ -24,7 +26,7 @@ import torch
 from pipeline.config import ConfigError
 
 DEPTH_SCHEMES = ("stack", "interpolate", "midas", "noisy_stack")
-WIDTH_SCHEMES = ("copy", "random")
+WIDTH_SCHEMES = ("copy", "aki", "random")
 
 
 def _evenly_spaced(l1: int, l2: int) -> list[int]:
@@ -60,6 +62,14 @@ def depth_init(scheme: str, l1: int, l2: int, generator: torch.Generator) -> tor
         w = w + torch.rand(l2, l1, generator=generator) * 0.03
         w = w / w.sum(dim=1, keepdim=True)
     return w
+
+
+def next_layer(w: torch.Tensor) -> torch.Tensor:
+    """Depth coefficients moved one donor layer up (donor layer j -> min(j + 1, L1 - 1))."""
+    l1 = w.shape[1]
+    shift = torch.zeros(l1, l1)
+    shift[torch.arange(l1), torch.clamp(torch.arange(l1) + 1, max=l1 - 1)] = 1.0
+    return w @ shift
 
 
 def selection(sources: list[int], n1: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +115,7 @@ def head_sources(q1: int, kv1: int, q2: int, kv2: int) -> tuple[list[int], list[
 
 def width_init(scheme: str, n1: int, n2: int, generator: torch.Generator,
                sources: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    if scheme == "copy":
+    if scheme in ("copy", "aki"):
         return selection(sources if sources is not None else copy_sources(n1, n2), n1)
     if scheme == "random":
         return random_expansion(n1, n2, generator)

@@ -32,7 +32,7 @@ from torch import nn
 
 from pipeline.config import ConfigError
 from pipeline.growth.adapters import LAYER_ROLES, NORMS, Adapter
-from pipeline.growth.init import depth_init, head_sources, width_init
+from pipeline.growth.init import depth_init, head_sources, next_layer, width_init
 from pipeline.models.sizes import ModelShape
 
 
@@ -88,6 +88,10 @@ class Expansion(nn.Module):
         blocks = w.reshape(w.shape[0], m.shape[1], self.block)
         return torch.einsum("pn,onb->opb", m, blocks).reshape(w.shape[0], m.shape[0] * self.block)
 
+    def old_size(self) -> int:
+        """Rows of the target that are the donor's own units (copy layouts keep them first)."""
+        return self.weight.shape[1] * self.block
+
     def rms_ratio(self) -> torch.Tensor:
         """RMS(P x) / RMS(x) for an isotropic x."""
         return self.weight.norm() / self.weight.shape[0] ** 0.5
@@ -116,9 +120,13 @@ class LayerGenerator(nn.Module):
     parameters; it reads the global residual expansion and the donor stacks (shared)."""
 
     def __init__(self, depth: dict[str, torch.Tensor], expansions: dict[str, Expansion],
-                 residual: Expansion, donor: DonorLayers, adapter: Adapter):
+                 residual: Expansion, donor: DonorLayers, adapter: Adapter,
+                 depth_new: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.depth = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in depth.items()})
+        # bert2BERT-AKI: weights touching *new* units blend their own donor layers (the next ones)
+        self.depth_new = None if depth_new is None else \
+            nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in depth_new.items()})
         self.expansions = nn.ModuleDict(expansions)
         self._shared = (residual, donor)  # a tuple: not registered as submodules here
         self.adapter = adapter
@@ -130,18 +138,35 @@ class LayerGenerator(nn.Module):
     def _expansion(self, role: str) -> Expansion:
         return self._shared[0] if role == "residual" else self.expansions[role]
 
-    def forward(self) -> dict[str, torch.Tensor]:
+    def _generate(self, key: str, depth: nn.ParameterDict) -> torch.Tensor:
         residual, donor = self._shared
+        module, kind = key.split(".")
+        blended = torch.einsum("j,j...->...", depth[module], donor.stack(key))
+        row_role, col_role = LAYER_ROLES[module]
+        value = self._expansion(row_role).rows(blended)
+        if kind == "weight" and col_role is not None:
+            value = self._expansion(col_role).cols(value)
+        if module in NORMS and kind == "weight":
+            value = value * residual.rms_ratio()
+        return value
+
+    def _old_units(self, key: str, shape: torch.Size) -> torch.Tensor:
+        """Mask of the entries that involve only units the donor had (rows and columns < N1)."""
+        module, kind = key.split(".")
+        row_role, col_role = LAYER_ROLES[module]
+        mask = torch.arange(shape[0]) < self._expansion(row_role).old_size()
+        if len(shape) == 2:
+            cols = torch.arange(shape[1]) < self._expansion(col_role).old_size()
+            mask = mask[:, None] & cols[None, :]
+        return mask
+
+    def forward(self) -> dict[str, torch.Tensor]:
         out = {}
         for key in self.adapter.layer_keys():
-            module, kind = key.split(".")
-            blended = torch.einsum("j,j...->...", self.depth[module], donor.stack(key))
-            row_role, col_role = LAYER_ROLES[module]
-            value = self._expansion(row_role).rows(blended)
-            if kind == "weight" and col_role is not None:
-                value = self._expansion(col_role).cols(value)
-            if module in NORMS and kind == "weight":
-                value = value * residual.rms_ratio()
+            value = self._generate(key, self.depth)
+            if self.depth_new is not None:
+                mask = self._old_units(key, value.shape).to(value.device)
+                value = torch.where(mask, value, self._generate(key, self.depth_new))
             out[key] = value
         return out
 
@@ -201,8 +226,10 @@ class GrowthOperator(nn.Module):
             layers.append(expansions)
         # one depth matrix per module type, split by target layer row (each generator owns its row)
         depth = {m: depth_init(plan.depth_init, d.layers, t.layers, gen) for m in modules}
+        depth_new = {m: next_layer(w) for m, w in depth.items()} if plan.width_init == "aki" else None
         self.layers = nn.ModuleList(
-            LayerGenerator({m: depth[m][i] for m in modules}, layers[i], self.residual, self.donor, adapter)
+            LayerGenerator({m: depth[m][i] for m in modules}, layers[i], self.residual, self.donor, adapter,
+                           None if depth_new is None else {m: depth_new[m][i] for m in modules})
             for i in range(t.layers))
 
     def depth_matrix(self, module: str) -> torch.Tensor:

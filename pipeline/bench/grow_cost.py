@@ -1,0 +1,120 @@
+"""Benchmark: what one grow-stage step costs against one target training step.
+
+    python -m pipeline.bench.grow_cost --config tiny grow.donor=runs/tiny/donor/hf
+    # no donor at hand: time a randomly initialized donor of a given shape (weights do not change cost)
+    python -m pipeline.bench.grow_cost --config tiny model.size=llama-160m \
+        --random-donor llama-160m:layers=6,hidden=384,heads=6,kv_heads=2,ffn=1024
+
+Each arm (train: the target from scratch; grow: the LiGO operator on the same target) runs in its own
+single-rank process, built by the stages' own code (same DeepSpeed config, batch and data), so each
+process's peak RSS is that arm's. The arms alternate for --rounds rounds; the script prints the median
+step time and peak RSS of each arm and the ratios grow/train (goals: time <= 1.5x, memory <= 1.0x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import load_config
+
+
+def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    """Inside the child process: build the arm's model and engine, time `steps` training steps."""
+    from pipeline.data.loader import PackedSamples, TrainBatches
+    from pipeline.data.tokenizer import load_tokenizer
+    from pipeline.engine import build_engine, deepspeed_config, init_distributed
+    from pipeline.grow import GrowStage
+    from pipeline.models import hf_config, resolve_shape, special_token_ids
+    from pipeline.train import PretrainStage
+
+    config = load_config(recipe, overrides)
+    rank, world_size = init_distributed()
+    stage = GrowStage(config) if arm == "grow" else PretrainStage()
+    schedule = stage.schedule(config)
+    ds = deepspeed_config(schedule, world_size)
+    samples = PackedSamples(config.data.output_dir, "train")
+    tokenizer = load_tokenizer(samples.meta["tokenizer"])
+    target = hf_config(resolve_shape(config.model), samples.meta["vocab_size"], special_token_ids(tokenizer))
+    torch.manual_seed(0)
+    engine = build_engine(stage.build_model(config, target, ds), schedule, ds)
+    batches = TrainBatches(samples, config.data.order_seed, schedule.micro_batch_size, 1, rank, world_size)
+    times = []
+    for step in range(warmup + steps):
+        ids = batches.batch(step, 0)
+        start = time.perf_counter()
+        engine.backward(engine(input_ids=ids, labels=ids).loss)
+        engine.step()
+        times.append(time.perf_counter() - start)
+    return {"step_s": statistics.median(times[warmup:]),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def save_random_donor(spec: str, config, out_dir: Path) -> None:
+    from pipeline.data.packing import read_meta
+    from pipeline.data.tokenizer import load_tokenizer
+    from pipeline.models import build_model, hf_config, resolve_shape, special_token_ids
+    size, _, fields = spec.partition(":")
+    shape_overrides = [f"model.size={size}"] + [f"model.{f}" for f in fields.split(",") if f]
+    shape = resolve_shape(load_config("tiny", shape_overrides).model)
+    meta = read_meta(Path(config.data.output_dir))
+    tokenizer = load_tokenizer(meta["tokenizer"])
+    torch.manual_seed(0)
+    build_model(hf_config(shape, meta["vocab_size"], special_token_ids(tokenizer))).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    print(f"random donor {shape} in {out_dir}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--random-donor", metavar="SIZE[:field=value,...]",
+                        help="use a randomly initialized donor of this shape instead of grow.donor")
+    parser.add_argument("--arm", choices=["train", "grow"], help=argparse.SUPPRESS)  # child mode
+    args, overrides = parser.parse_known_args()
+    overrides = [*overrides, "train.deepspeed_config=zero0"]
+    if args.arm:
+        print(json.dumps(run_arm(args.arm, args.config, overrides, args.steps, args.warmup)))
+        return
+    config = load_config(args.config, overrides)  # fail fast on a bad recipe
+    if args.random_donor:
+        donor_dir = Path(tempfile.mkdtemp(prefix="random-donor-"))
+        save_random_donor(args.random_donor, config, donor_dir)
+        overrides.append(f"grow.donor={donor_dir}")
+    results = {"train": [], "grow": []}
+    for round_index in range(args.rounds):
+        for arm in ("train", "grow"):
+            env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(29700 + round_index * 2 + (arm == "grow")))
+            out = subprocess.run([sys.executable, "-m", "pipeline.bench.grow_cost", "--config", args.config,
+                                  "--arm", arm, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                                  *overrides], env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{arm} arm failed:\n{out.stderr[-3000:]}")
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            results[arm].append(result)
+            print(f"round {round_index + 1} {arm:5s}: {result['step_s'] * 1000:.1f} ms/step, "
+                  f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    median = {arm: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "peak_rss_mb")}
+              for arm, rs in results.items()}
+    print(json.dumps({"median": median,
+                      "grow_over_train_step_time": median["grow"]["step_s"] / median["train"]["step_s"],
+                      "grow_over_train_peak_rss": median["grow"]["peak_rss_mb"] / median["train"]["peak_rss_mb"]},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()
