@@ -90,6 +90,14 @@ def test_resume_refuses_a_changed_config(prepared, tmp_path):
     assert proc.returncode != 0 and "config differs" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("ds_config", ["zero1", "zero2_bf16"])
+def test_other_shipped_deepspeed_configs_train(prepared, tmp_path, ds_config):
+    root, _, _ = prepared
+    train(tmp_path / "run", root, f"train.deepspeed_config={ds_config}")
+    losses = [r["train/loss"] for r in read_metrics(tmp_path / "run") if "train/loss" in r]
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.5
+
+
 def test_init_from_hf_weights_is_not_a_resume(prepared, tmp_path):
     """A finished run's HF export seeds a new run: same weights (step-0 validation loss equals the source
     run's final one), but a fresh step counter, optimizer and LR schedule."""
@@ -126,6 +134,7 @@ def test_grow_under_zero3_is_partitioned_learns_and_matches_zero0(prepared, dono
     root, _, _ = prepared
     grow(tmp_path / "z3", root, donor, "train.deepspeed_config=zero3")
     grow(tmp_path / "z0", root, donor, "train.deepspeed_config=zero0")
+    grow(tmp_path / "z2", root, donor, "train.deepspeed_config=zero2", "grow.recompute=false")
     z3 = json.loads((tmp_path / "z3" / "report.json").read_text())
     z0 = json.loads((tmp_path / "z0" / "report.json").read_text())
     total = z3["operator_parameters"]
@@ -135,7 +144,8 @@ def test_grow_under_zero3_is_partitioned_learns_and_matches_zero0(prepared, dono
     assert z3["val_loss_after_operator_training"] < z3["val_loss_heuristic_init"]  # the operator learns
     losses3 = [r["train/loss"] for r in read_metrics(tmp_path / "z3") if "train/loss" in r]
     losses0 = [r["train/loss"] for r in read_metrics(tmp_path / "z0") if "train/loss" in r]
-    assert losses3 == pytest.approx(losses0, rel=1e-4)
+    losses2 = [r["train/loss"] for r in read_metrics(tmp_path / "z2") if "train/loss" in r]
+    assert losses3 == pytest.approx(losses0, rel=1e-4) and losses2 == pytest.approx(losses0, rel=1e-4)
     assert z3["val_loss_after_operator_training"] == pytest.approx(z0["val_loss_after_operator_training"], rel=1e-4)
     # the exported grown model is a plain HF checkpoint whose loss is the operator's
     import torch

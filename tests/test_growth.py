@@ -167,7 +167,7 @@ def test_operator_parameter_count_matches_the_factorization():
     trainable = sum(p.numel() for p in op.parameters() if p.requires_grad)
     depth = 9 * t.layers * d.layers  # one L2 x L1 matrix per module type (9 in LLaMA)
     residual = t.hidden * d.hidden + d.hidden
-    per_layer = (t.heads * d.heads + d.heads) + 2 * (t.kv_heads * d.kv_heads + d.kv_heads) + t.ffn * d.ffn + d.ffn
+    per_layer = (t.heads * d.heads + d.heads) + 2 * t.kv_heads * d.kv_heads + t.ffn * d.ffn + d.ffn
     assert trainable == depth + residual + t.layers * per_layer
     assert all(not p.requires_grad for p in op.donor.parameters())
 
@@ -250,3 +250,19 @@ def test_aki_takes_new_units_from_the_next_layer():
         assert_same(got[352:, :], new[352:, :])  # new hidden units: layer i + 1
         assert_same(got[:352, 128:], new[:352, 128:])  # new residual units: layer i + 1
     assert aki.layers[0].depth_new is not None and copy.layers[0].depth_new is None
+
+
+def test_recompute_changes_memory_not_math():
+    """grow.recompute regenerates weights in backward; the loss and operator gradients are identical."""
+    op, target_config = grow(make_donor(GPT2), SIZES["gpt2-micro"], depth="noisy_stack", width="random")
+    ids = torch.randint(0, VOCAB, (2, 16))
+    results = []
+    for recompute in (True, False):
+        op.zero_grad()
+        loss = GrownModel(op, target_config, recompute=recompute)(ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in op.parameters() if p.requires_grad]))  # none unused
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == loss_b
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(grads_a, grads_b))
+    assert any(g.abs().sum() > 0 for g in grads_a)

@@ -8,7 +8,8 @@ Width expansions (adapters.LAYER_ROLES):
              the norms and the LM head: the paper's key tying.
   q_heads, k_heads, v_heads, ffn   per target layer; heads grow in whole heads (head_dim fixed), so
              the expansion is H (x) I_head_dim with H over head indices.
-Each expansion is a pair (P, s): producers (rows) use P; consumers (columns) use P diag(s). The paper
+Each expansion is a pair (P, s): producers (rows) use P; consumers (columns) use P diag(s) (K and V
+heads have no consumer weight, so they have no s). The paper
 ties consumers to the same matrix (A_o = B_v, A_fc2 = B_fc1, A_qkv = B_emb); the extra per-unit scale
 s (N1 numbers) lets the same tying also express fan-in-normalized, function-preserving growth
 (Net2Net / HyperCloning): for a copy expansion, C^T P = diag(s * copies) = I.
@@ -67,10 +68,11 @@ def check_plan(plan: GrowthPlan) -> None:
 class Expansion(nn.Module):
     """N1 -> N2 in blocks of `block` (1, or head_dim for heads): producer P, consumer P diag(s)."""
 
-    def __init__(self, p: torch.Tensor, s: torch.Tensor, block: int = 1):
+    def __init__(self, p: torch.Tensor, s: torch.Tensor | None, block: int = 1):
         super().__init__()
         self.weight = nn.Parameter(p.clone())
-        self.scale = nn.Parameter(s.clone())
+        # K and V heads have no consumer weight (attention reads them), so no scale
+        self.scale = None if s is None else nn.Parameter(s.clone())
         self.block = block
 
     def matrix(self, consumer: bool) -> torch.Tensor:
@@ -217,9 +219,9 @@ class GrowthOperator(nn.Module):
         for _ in range(t.layers):
             expansions = {
                 "q_heads": Expansion(*width_init(plan.width_init, d.heads, t.heads, gen, q_src), block=d.head_dim),
-                "k_heads": Expansion(*width_init(plan.width_init, d.kv_heads, t.kv_heads, gen, kv_src),
+                "k_heads": Expansion(width_init(plan.width_init, d.kv_heads, t.kv_heads, gen, kv_src)[0], None,
                                      block=d.head_dim),
-                "v_heads": Expansion(*width_init(plan.width_init, d.kv_heads, t.kv_heads, gen, kv_src),
+                "v_heads": Expansion(width_init(plan.width_init, d.kv_heads, t.kv_heads, gen, kv_src)[0], None,
                                      block=d.head_dim),
                 "ffn": Expansion(*width_init(plan.width_init, d.ffn, t.ffn, gen)),
             }
