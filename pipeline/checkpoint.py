@@ -9,15 +9,18 @@ tokens) in ``client_state``, and each rank's RNG states in ``rng_rank<r>.pt``.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 
+from pipeline.config import ConfigError
 from pipeline.engine import full_fp32_state_dict
 
 
@@ -27,21 +30,30 @@ def latest_tag(checkpoint_dir: Path) -> str | None:
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "accelerator": get_accelerator().get_rng_state()}
 
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    get_accelerator().set_rng_state(state["accelerator"])
 
 
 def save(engine, checkpoint_dir: Path, progress: dict, rank: int) -> None:
-    """Collective: every rank must call it at the same step."""
+    """Collective: every rank must call it at the same step. The checkpoint becomes `latest` only once
+    every rank's files (DeepSpeed's and our RNG states) are written, so a kill mid-save leaves the
+    previous checkpoint as the one to resume from."""
     tag = f"step{progress['step']}"
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"progress": progress})
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"progress": progress}, save_latest=False)
     torch.save(_rng_state(), checkpoint_dir / tag / f"rng_rank{rank}.pt")
-    dist.barrier()  # nobody proceeds (or exits) before every rank's files are written
+    dist.barrier()
+    if rank == 0:
+        pointer = checkpoint_dir / "latest.tmp"
+        pointer.write_text(tag)
+        os.replace(pointer, checkpoint_dir / "latest")
+    dist.barrier()  # nobody proceeds (or exits) before the pointer is in place
 
 
 def load(engine, checkpoint_dir: Path, rank: int) -> dict:
@@ -50,8 +62,12 @@ def load(engine, checkpoint_dir: Path, rank: int) -> dict:
     path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {checkpoint_dir / str(tag)}")
+    progress = client_state["progress"]
+    if progress["world_size"] != dist.get_world_size():
+        raise ConfigError(f"{checkpoint_dir / tag} was written by {progress['world_size']} ranks, this launch has "
+                          f"{dist.get_world_size()}: resume with the same number of ranks")
     _set_rng_state(torch.load(checkpoint_dir / tag / f"rng_rank{rank}.pt", weights_only=False))
-    return client_state["progress"]
+    return progress
 
 
 def save_hf_model(engine, hf_config, tokenizer, out_dir: Path, rank: int) -> None:

@@ -318,10 +318,11 @@ def validate(config: Config) -> None:
     if g.depth_init not in DEPTH_SCHEMES or g.width_init not in WIDTH_SCHEMES:
         raise ConfigError(f"grow.depth_init must be one of {DEPTH_SCHEMES} and grow.width_init one of "
                           f"{WIDTH_SCHEMES} (got {g.depth_init!r}, {g.width_init!r})")
-    if g.steps < 0 or not 0 <= g.warmup_steps <= g.steps or g.lr <= 0 or g.weight_decay < 0:
-        raise ConfigError(f"grow: need steps >= 0, 0 <= warmup_steps <= steps, lr > 0, weight_decay >= 0 "
-                          f"(got steps={g.steps}, warmup_steps={g.warmup_steps}, lr={g.lr}, "
-                          f"weight_decay={g.weight_decay})")
+    if g.steps < 0 or g.warmup_steps < 0 or g.lr <= 0 or g.weight_decay < 0:
+        raise ConfigError(f"grow: need steps >= 0, warmup_steps >= 0, lr > 0, weight_decay >= 0 (got steps={g.steps}, "
+                          f"warmup_steps={g.warmup_steps}, lr={g.lr}, weight_decay={g.weight_decay})")
+    if 0 < g.steps < g.warmup_steps:
+        raise ConfigError(f"grow.warmup_steps={g.warmup_steps} exceeds grow.steps={g.steps}")
     if t.grad_clip < 0 or t.weight_decay < 0:
         raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
     shape = resolve_shape(config.model)

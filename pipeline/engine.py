@@ -5,6 +5,8 @@ ZeRO-3 partitioned model construction, optimizer + LR schedule, and the engine.
 from __future__ import annotations
 
 import math
+import os
+import socket
 from contextlib import contextmanager
 
 import deepspeed
@@ -17,9 +19,25 @@ from pipeline.config import TrainConfig, check_batch_triad, load_deepspeed_json
 
 
 def init_distributed() -> tuple[int, int]:
-    """Join the process group the `deepspeed` launcher set up (or a 1-rank group for plain `python`)."""
+    """Join the process group the `deepspeed` launcher set up, or a 1-rank group for plain `python`."""
+    if "RANK" not in os.environ:  # not launched: without these DeepSpeed would try MPI discovery
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group in step: exiting with live communication threads can abort the process."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def deepspeed_config(train: TrainConfig, world_size: int) -> dict:
@@ -42,11 +60,8 @@ def model_construction(ds: dict):
     partitioned as they are created (no rank ever holds the full model) and initialized correctly.
 
     transformers keeps only a weak reference to the HfDeepSpeedConfig, so it must stay alive here."""
-    hf_ds_config = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None
-    try:
-        yield
-    finally:
-        del hf_ds_config
+    hf_ds_config = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None  # noqa: F841 (kept alive)
+    yield
 
 
 def warmup_cosine(train: TrainConfig):
@@ -61,15 +76,17 @@ def warmup_cosine(train: TrainConfig):
     return factor
 
 
-NO_DECAY_MARKERS = ("norm", "ln_", "bias", "embed", "wte", "wpe")
+EMBEDDING_NAMES = ("embed_tokens", "wte", "wpe")
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only; norms, biases and embeddings are not regularized towards zero."""
+    """Decay matrices only; vectors (norms, biases, growth coefficients) and embeddings are not
+    regularized towards zero. Shapes are read from ds_shape under ZeRO-3 (the local shape is empty)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if any(m in name for m in NO_DECAY_MARKERS) else decay).append(param)
+            ndim = len(getattr(param, "ds_shape", param.shape))
+            (no_decay if ndim < 2 or any(e in name for e in EMBEDDING_NAMES) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -97,12 +114,6 @@ def _register_shared_parameters(model: torch.nn.Module) -> None:
                 deepspeed.zero.register_external_parameter(module, param)
 
 
-@contextmanager
-def gathered(params: list[torch.nn.Parameter], enabled: bool):
-    """Full values of (possibly ZeRO-3-partitioned) parameters inside the block, read-only. Collective."""
-    with deepspeed.zero.GatheredParameters(params, enabled=enabled):
-        yield
-
 
 def all_reduce_mean(values: list[float]) -> list[float]:
     """Mean over ranks of a few scalars, in one collective."""
@@ -111,16 +122,20 @@ def all_reduce_mean(values: list[float]) -> list[float]:
     return (tensor / dist.get_world_size()).tolist()
 
 
-def full_fp32_state_dict(engine, rank: int) -> dict[str, torch.Tensor]:
+def full_fp32_state_dict(engine, rank: int, trainable_only: bool = False) -> dict[str, torch.Tensor]:
     """The model's full fp32 weights on rank 0 (empty elsewhere), gathered one parameter at a time so
-    no rank holds more than one extra full tensor beyond rank 0's copy. All ranks must call this."""
-    stage = engine.zero_optimization_stage()
+    no rank holds more than one extra full tensor beyond rank 0's copy. All ranks must call this.
+
+    The optimizer's fp32 master copy is used where there is one (ZeRO 1-3, bf16): the module's own
+    weights may be bf16 roundings of it."""
+    stage3 = engine.zero_optimization_stage() == 3
     state = {}
     for name, param in engine.module.named_parameters():
-        if stage >= 1 and param.requires_grad:
-            full = deepspeed.utils.safe_get_full_fp32_param(param)
-        else:  # stage 0, or frozen: no fp32 master in the optimizer; the module holds the value
-            with gathered([param], enabled=stage == 3):
+        if trainable_only and not param.requires_grad:
+            continue
+        full = deepspeed.utils.safe_get_full_fp32_param(param) if param.requires_grad else None
+        if full is None:  # no master copy (fp32 ZeRO-0, frozen parameters): the module holds the value
+            with deepspeed.zero.GatheredParameters([param], enabled=stage3):
                 full = param.detach().clone()
         if rank == 0:
             state[name] = full.detach().to("cpu", torch.float32).clone()

@@ -31,12 +31,12 @@ from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.packing import read_meta
 from pipeline.data.tokenizer import load_tokenizer
-from pipeline.engine import full_fp32_state_dict, gathered, trainable_parameters_per_rank
+from pipeline.engine import full_fp32_state_dict, shutdown_distributed, trainable_parameters_per_rank
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
 from pipeline.growth.operator import GrowthOperator, GrowthPlan, check_plan
 from pipeline.metrics import read_metrics
-from pipeline.models import resolve_shape, shape_of
+from pipeline.models import resized_config, resolve_shape, shape_of
 from pipeline.train import Trainer, stage_flags
 
 
@@ -82,43 +82,42 @@ class GrowStage:
 
     def schedule(self, config: Config) -> TrainConfig:
         g = config.grow
-        return dataclasses.replace(config.train, steps=g.steps, lr=g.lr, warmup_steps=g.warmup_steps,
+        return dataclasses.replace(config.train, steps=g.steps, lr=g.lr, warmup_steps=min(g.warmup_steps, g.steps),
                                    min_lr_ratio=g.min_lr_ratio, weight_decay=g.weight_decay, init_from=None,
                                    eval_interval=min(config.train.eval_interval, max(g.steps, 1)))
 
-    def build_model(self, config: Config, target_config, ds: dict) -> torch.nn.Module:
-        target_config.tie_word_embeddings = self.adapter.tied_head  # the head follows the donor's tying
+    def _operator(self) -> GrowthOperator:
         state = {}
         for shard in self.donor_shards:
             state.update(load_file(shard))
         donor_globals, donor_layers = self.adapter.to_canonical(state, self.plan.donor.layers)
-        operator = GrowthOperator(self.plan, self.adapter, donor_globals, donor_layers)
-        return GrownModel(operator, target_config, config.grow.recompute)
+        return GrowthOperator(self.plan, self.adapter, donor_globals, donor_layers)
+
+    def build_model(self, config: Config, target_config, ds: dict) -> torch.nn.Module:
+        # the target keeps the donor's hyperparameters (RoPE base, norm eps, activation, tying): only the
+        # shape changes, so growth can preserve the donor's function
+        return GrownModel(self._operator(), resized_config(self.donor_config, self.plan.target),
+                          config.grow.recompute)
 
     def export(self, trainer: Trainer) -> None:
-        operator: GrowthOperator = trainer.engine.module.operator
-        stage3 = trainer.engine.zero_optimization_stage() == 3
-        weights = {}
-
-        def collect(module, items):  # one generator's parameters gathered at a time
-            with gathered(list(module.parameters()) + module.shared_parameters(), enabled=stage3):
-                named = list(items())
-                if trainer.rank == 0:
-                    weights.update({name: value.detach().to("cpu", torch.float32).clone() for name, value in named})
-
-        adapter = operator.adapter
-        collect(operator.globals, lambda: [(adapter.global_name(k), operator.globals(k)) for k in operator.global_keys()])
-        for i, layer in enumerate(operator.layers):
-            collect(layer, lambda: [(adapter.layer_prefix(i) + n, v) for n, v in adapter.layer_to_hf(layer()).items()])
-        checkpoint.write_hf_dir(weights, trainer.target_config, trainer.tokenizer, trainer.run_dir / "hf",
-                                trainer.rank)
-        trainable = {n: v for n, v in full_fp32_state_dict(trainer.engine, trainer.rank).items()
-                     if not n.startswith(("operator.donor.", "operator.globals."))}
+        """Rank 0 rebuilds the operator in fp32 on CPU from the donor files and the trained coefficients
+        (the optimizer's fp32 masters: under bf16 the engine's copies are rounded), then materializes
+        the target layer by layer into <run>/hf."""
+        trainable = full_fp32_state_dict(trainer.engine, trainer.rank, trainable_only=True)
         per_rank = trainable_parameters_per_rank(trainer.engine)
+        weights = {}
         if trainer.rank == 0:
+            operator = self._operator()
+            missing, unexpected = operator.load_state_dict(
+                {name.removeprefix("operator."): value for name, value in trainable.items()}, strict=False)
+            assert not unexpected and all(not p.requires_grad for n, p in operator.named_parameters() if n in missing)
+            weights = dict(operator.materialize())
             torch.save(trainable, trainer.run_dir / "operator.pt")
             (trainer.run_dir / "operator.json").write_text(json.dumps(
                 {"plan": dataclasses.asdict(self.plan), "donor": trainer.config.grow.donor}, indent=2))
+        checkpoint.write_hf_dir(weights, trainer.engine.module.config, trainer.tokenizer, trainer.run_dir / "hf",
+                                trainer.rank)
+        if trainer.rank == 0:
             self._write_report(trainer, sum(v.numel() for v in trainable.values()), per_rank)
 
     def _write_report(self, trainer: Trainer, operator_params: int, per_rank: list[int]) -> None:
@@ -139,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         Trainer(config, args.resume, args.until_step, GrowStage(config)).fit()
     except ConfigError as err:
         sys.exit(f"grow error: {err}")
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Run metrics: TensorBoard scalars and a JSONL of the same records, written by rank 0 only.
 
-On resume both continue without overlap: TensorBoard purges events at or after the resume step, and
-JSONL records from those steps (written after the checkpoint by the interrupted run) are dropped.
+On resume both continue without overlap: TensorBoard purges events after the resume step, and JSONL
+records from those steps (written after the checkpoint by the interrupted run) are dropped.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ class MetricsLogger:
             self.jsonl.write_text("".join(line + "\n" for line in kept))
         elif self.jsonl.exists():
             self.jsonl.unlink()  # a fresh run in this dir (guarded by the caller) starts a new log
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+        # purge_step drops earlier events at steps >= it: after the resume step on resume, all on a fresh start
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else 0)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:

@@ -6,7 +6,7 @@
     deepspeed --num_gpus 2 --master_port 29512 --module pipeline.train --config tiny --resume auto
     # start from given weights (a donor or a grown model), fresh optimizer and step
     deepspeed --num_gpus 2 --master_port 29512 --module pipeline.train --config tiny \\
-        train.init_from=runs/tiny/donor/hf run.dir=runs/tiny/from-donor
+        train.init_from=runs/tiny/grow/hf run.dir=runs/tiny/grown
     # multi-node: see launch/train.sh (hostfile) and README "Launching on GPUs and multiple nodes"
 
 Rank 0 writes <run>/config.yaml, TensorBoard events in <run>/tb, <run>/metrics.jsonl, and at the
@@ -28,9 +28,9 @@ from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.loader import PackedSamples, TrainBatches, validation_batches
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.engine import (all_reduce_mean, build_engine, deepspeed_config, init_distributed,
-                             model_construction)
+                             model_construction, shutdown_distributed)
 from pipeline.metrics import MetricsLogger
-from pipeline.models import build_model, hf_config, resolve_shape, special_token_ids
+from pipeline.models import build_model, hf_config, resolve_shape, shape_of, special_token_ids
 
 
 def seed_everything(seed: int) -> None:
@@ -52,13 +52,16 @@ class PretrainStage:
         if model.config.vocab_size != target_config.vocab_size:
             raise ConfigError(f"train.init_from model has vocab {model.config.vocab_size}, the data has "
                               f"{target_config.vocab_size}: use the tokenizer the model was trained with")
+        if config.train.init_from and shape_of(model.config) != resolve_shape(config.model):
+            raise ConfigError(f"train.init_from holds a {shape_of(model.config)}, the recipe's model section says "
+                              f"{resolve_shape(config.model)}: set model.size (and overrides) to the checkpoint's shape")
         if config.model.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
 
     def export(self, trainer: "Trainer") -> None:
         if trainer.config.train.save_hf:
-            checkpoint.save_hf_model(trainer.engine, trainer.target_config, trainer.tokenizer,
+            checkpoint.save_hf_model(trainer.engine, trainer.engine.module.config, trainer.tokenizer,
                                      trainer.run_dir / "hf", trainer.rank)
 
 
@@ -91,7 +94,7 @@ class Trainer:
         self.engine = build_engine(model, t, ds)
         self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
 
-        self.progress = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0}
+        self.progress = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0, "world_size": self.world_size}
         if self.resuming:
             self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank)
         elif self.rank == 0:
@@ -114,7 +117,10 @@ class Trainer:
                 print(f"[{self.stage.name}] --resume auto: no checkpoint in {self.checkpoint_dir}, starting fresh", flush=True)
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             return False
-        if saved_config.exists() and saved_config.read_text() != self.config.to_yaml():
+        if not saved_config.exists():
+            raise ConfigError(f"{self.run_dir} has checkpoints but no config.yaml: cannot check that this is the "
+                              f"same run; restore the file or start a new run.dir")
+        if saved_config.read_text() != self.config.to_yaml():
             raise ConfigError(f"the config differs from the one {self.run_dir} was started with "
                               f"({saved_config}); resuming would not continue the same run")
         return True
@@ -149,7 +155,7 @@ class Trainer:
             step += 1
             window_steps += 1
             self.progress = {"step": step, "consumed_samples": step * self.engine.train_batch_size(),
-                             "consumed_tokens": step * self.tokens_per_step}
+                             "consumed_tokens": step * self.tokens_per_step, "world_size": self.world_size}
             loss = all_reduce_mean([local_loss])[0]
             scalars = {"train/loss": loss, "train/lr": lr}
             grad_norm = self.engine.get_global_grad_norm()
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         Trainer(config, args.resume, args.until_step).fit()
     except ConfigError as err:
         sys.exit(f"train error: {err}")
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ def test_overrides_apply_in_both_syntaxes():
 
 
 def test_cli_beats_recipe_beats_defaults():
-    assert Config().train.steps == 200
-    assert load_config("tiny").train.steps == 200
-    assert load_config("tiny", ["train.steps=70"]).train.steps == 70
+    assert Config().run.dir == "runs/tiny"
+    assert load_config("tiny").run.dir == "runs/tiny/scratch"  # the recipe sets it
+    assert load_config("tiny", ["run.dir=elsewhere"]).run.dir == "elsewhere"
+    assert load_config("tiny").train.beta2 == Config().train.beta2  # the recipe leaves it: default
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -23,14 +23,18 @@ def test_same_seed_same_order_other_seed_other_order():
 
 
 def test_seek_equals_iterating(prepared):
-    root, config, _ = prepared
+    """Rank 1 of 2, micro-batch 4, accumulation 2: its k-th micro-batch, read by a fresh loader seeking
+    straight to it, equals the k-th slice of the global order consumed sample by sample."""
+    _, config, _ = prepared
     samples = PackedSamples(config.data.output_dir, "train")
-    layout = dict(micro_batch=4, grad_accum=2, rank=1, world_size=2)
-    iterated = TrainBatches(samples, 7, **{k: layout[k] for k in ("micro_batch", "grad_accum", "rank", "world_size")})
-    sequence = [iterated.batch(step, micro) for step in range(6) for micro in range(2)]
-    for k in (0, 3, 5, 11):  # a fresh loader seeking straight to micro-batch k
-        fresh = TrainBatches(samples, 7, 4, 2, 1, 2)
-        assert np.array_equal(fresh.batch(*divmod(k, 2)).numpy(), sequence[k].numpy())
+    n = len(samples)
+    stream = np.concatenate([np.random.default_rng([7, e]).permutation(n) for e in range(2)])  # 2 epochs
+    global_batch = 4 * 2 * 2
+    for step, micro in ((0, 0), (1, 1), (5, 0), (n // global_batch, 1)):  # the last one crosses an epoch
+        start = step * global_batch + (micro * 2 + 1) * 4  # micro-steps interleave ranks: (a * ranks + r)
+        expected = np.stack([samples[i] for i in stream[start:start + 4]])
+        fresh = TrainBatches(samples, 7, micro_batch=4, grad_accum=2, rank=1, world_size=2)
+        assert np.array_equal(fresh.batch(step, micro).numpy(), expected)
 
 
 def test_seek_crosses_epochs_in_constant_time(prepared):

@@ -158,3 +158,21 @@ def test_grow_under_zero3_is_partitioned_learns_and_matches_zero0(prepared, dono
         per_rank = [sum(model(input_ids=b, labels=b).loss.item() for b in batches) / len(batches)
                     for batches in (validation_batches(val, 8, 2, r, 2) for r in (0, 1))]
     assert sum(per_rank) / 2 == pytest.approx(z3["val_loss_after_operator_training"], rel=1e-5)
+
+
+def test_grow_heuristic_only_with_plain_python(prepared, donor, tmp_path):
+    """`python -m pipeline.grow ... grow.steps=0` (no launcher, 1 rank) writes the heuristic's model."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    root, _, _ = prepared
+    cmd = [sys.executable, "-m", "pipeline.grow", "--config", "tiny", f"run.dir={tmp_path / 'stack'}",
+           *data_overrides(root), f"grow.donor={donor}", "grow.steps=0", "train.eval_batches=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "stack" / "report.json").read_text())
+    assert report["operator_steps"] == 0
+    assert report["val_loss_heuristic_init"] == report["val_loss_after_operator_training"]
+    assert (tmp_path / "stack" / "hf" / "model.safetensors").exists()

@@ -252,6 +252,27 @@ def test_aki_takes_new_units_from_the_next_layer():
     assert aki.layers[0].depth_new is not None and copy.layers[0].depth_new is None
 
 
+def test_aki_keeps_donor_heads_when_query_groups_grow():
+    """4 query / 2 KV -> 12 query / 2 KV: donor head 2 lands at target slot 6 (group 1), not slot 2. Its
+    weights must come from the donor's own layer; its extra copies from the next layer."""
+    donor = make_donor(replace(LLAMA, layers=2))
+    target = replace(LLAMA, hidden=384, heads=12, kv_heads=2, ffn=352)
+    q_src, _ = head_sources(4, 2, 12, 2)
+    aki = dict(grow(donor, target, width="aki")[0].materialize())
+    copy = dict(grow(donor, target, width="copy")[0].materialize())
+    q_aki, q_copy = (m["model.layers.0.self_attn.q_proj.weight"].view(12, 32, 384) for m in (aki, copy))
+    d = donor.state_dict()
+    q_next = d["model.layers.1.self_attn.q_proj.weight"].view(4, 32, 128)
+    first = {}
+    for slot, source in enumerate(q_src):
+        first.setdefault(source, slot)
+    for slot, source in enumerate(q_src):
+        if first[source] == slot:  # the donor's own head: same as copy init on the old residual columns
+            assert_same(q_aki[slot, :, :128], q_copy[slot, :, :128])
+        else:  # an extra copy: the next layer's head (columns are the residual copies, divided)
+            assert_same(q_aki[slot, :, :128], q_next[source] / 3)
+
+
 def test_recompute_changes_memory_not_math():
     """grow.recompute regenerates weights in backward; the loss and operator gradients are identical."""
     op, target_config = grow(make_donor(GPT2), SIZES["gpt2-micro"], depth="noisy_stack", width="random")

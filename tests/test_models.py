@@ -39,7 +39,7 @@ def test_shape_overrides():
 
 @pytest.mark.parametrize("size, expected_millions", [
     ("gpt2-124m", 124.4), ("gpt2-350m", 354.8), ("gpt2-774m", 774.0), ("gpt2-1.5b", 1557.6),
-    ("tinyllama-1.1b", 1100.0),
+    ("tinyllama-1.1b", 1100.0), ("llama-125m", 124.7),
 ])
 def test_published_shapes_have_published_parameter_counts(size, expected_millions):
     vocab = 50257 if size.startswith("gpt2") else 32000

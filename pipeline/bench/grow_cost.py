@@ -2,8 +2,8 @@
 
     python -m pipeline.bench.grow_cost --config tiny grow.donor=runs/tiny/donor/hf
     # no donor at hand: time a randomly initialized donor of a given shape (weights do not change cost)
-    python -m pipeline.bench.grow_cost --config tiny model.size=llama-160m \
-        --random-donor llama-160m:layers=6,hidden=384,heads=6,kv_heads=2,ffn=1024
+    python -m pipeline.bench.grow_cost --config tiny model.size=llama-125m \
+        --random-donor llama-125m:layers=6,hidden=384,heads=6,kv_heads=2,ffn=1024
 
 Each arm (train: the target from scratch; grow: the LiGO operator on the same target) runs in its own
 single-rank process, built by the stages' own code (same DeepSpeed config, batch and data), so each
@@ -85,7 +85,7 @@ def main() -> None:
                         help="use a randomly initialized donor of this shape instead of grow.donor")
     parser.add_argument("--arm", choices=["train", "grow"], help=argparse.SUPPRESS)  # child mode
     args, overrides = parser.parse_known_args()
-    overrides = [*overrides, "train.deepspeed_config=zero0"]
+    overrides = [*overrides, "train.deepspeed_config=zero0", "train.grad_accum_steps=1"]  # one micro-step = one step
     if args.arm:
         print(json.dumps(run_arm(args.arm, args.config, overrides, args.steps, args.warmup)))
         return

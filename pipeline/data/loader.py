@@ -50,7 +50,7 @@ class GlobalOrder:
         self._epoch, self._perm = -1, None
 
     def permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:  # one epoch is cached; a step spans at most two
+        if epoch != self._epoch:  # the current epoch's permutation is cached
             self._epoch = epoch
             self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
         return self._perm

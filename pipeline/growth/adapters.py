@@ -53,9 +53,14 @@ class Adapter:
 
     # --- HF -> canonical -----------------------------------------------------------------------
     def to_canonical(self, hf: dict[str, torch.Tensor], layers: int) -> tuple[dict, list[dict]]:
-        if self.family == "gpt2":
-            return _gpt2_to_canonical(hf, layers)
-        return _llama_to_canonical(hf, layers, self.tied_head)
+        try:
+            if self.family == "gpt2":
+                if "wte.weight" in hf:  # original GPT-2 checkpoints store the body without its prefix
+                    hf = {f"transformer.{k}": v for k, v in hf.items()}
+                return _gpt2_to_canonical(hf, layers)
+            return _llama_to_canonical(hf, layers, self.tied_head)
+        except KeyError as err:
+            raise ConfigError(f"donor checkpoint has no tensor {err}: it does not match its config.json") from None
 
     # --- canonical -> HF -----------------------------------------------------------------------
     def layer_to_hf(self, layer: dict) -> dict[str, torch.Tensor]:
@@ -77,16 +82,6 @@ class Adapter:
     def global_name(self, key: str) -> str:
         return GLOBAL_NAMES[self.family][key]
 
-    def globals_to_hf(self, g: dict) -> dict[str, torch.Tensor]:
-        return {self.global_name(key): value for key, value in g.items()}
-
-    def to_hf(self, g: dict, layers: list[dict]) -> dict[str, torch.Tensor]:
-        out = self.globals_to_hf(g)
-        for i, layer in enumerate(layers):
-            out.update({self.layer_prefix(i) + k: v for k, v in self.layer_to_hf(layer).items()})
-        return out
-
-
 def adapter_for(hf_config) -> Adapter:
     model_type = getattr(hf_config, "model_type", None)
     if model_type == "gpt2":
@@ -100,12 +95,12 @@ def adapter_for(hf_config) -> Adapter:
     raise ConfigError(f"donor architecture {model_type!r} is not supported: growth knows 'gpt2' and 'llama'")
 
 
-def _globals_to_canonical(hf: dict, family: str) -> dict:
-    return {key: hf[name] for key, name in GLOBAL_NAMES[family].items() if name in hf}
+def _globals_to_canonical(hf: dict, family: str, tied: bool) -> dict:
+    return {key: hf[name] for key, name in GLOBAL_NAMES[family].items() if not (key == "head" and tied)}
 
 
 def _gpt2_to_canonical(hf: dict, layers: int) -> tuple[dict, list[dict]]:
-    g = _globals_to_canonical(hf, "gpt2")
+    g = _globals_to_canonical(hf, "gpt2", tied=True)
     out = []
     for i in range(layers):
         p = f"transformer.h.{i}."
@@ -124,8 +119,6 @@ def _gpt2_to_canonical(hf: dict, layers: int) -> tuple[dict, list[dict]]:
 
 
 def _llama_to_canonical(hf: dict, layers: int, tied: bool) -> tuple[dict, list[dict]]:
-    g = _globals_to_canonical(hf, "llama")
-    if tied:
-        g.pop("head", None)
+    g = _globals_to_canonical(hf, "llama", tied)
     return g, [{f"{k}.weight": hf[f"model.layers.{i}.{name}.weight"] for k, name in LLAMA_NAMES.items()}
                for i in range(layers)]

@@ -113,6 +113,17 @@ def head_sources(q1: int, kv1: int, q2: int, kv2: int) -> tuple[list[int], list[
     return q_sources, kv_sources
 
 
+def original_units(p: torch.Tensor) -> torch.Tensor:
+    """For each target unit: is it the first copy of a donor unit? (one-hot rows; for blended rows,
+    the first N1 units, which the random expansion keeps as the identity)."""
+    n2, n1 = p.shape
+    if not ((p == 0) | (p == 1)).all() or not (p.sum(dim=1) == 1).all():
+        return torch.arange(n2) < n1
+    sources = p.argmax(dim=1)
+    first = torch.full((n1,), n2).scatter_reduce(0, sources, torch.arange(n2), reduce="amin")
+    return torch.arange(n2) == first[sources]
+
+
 def width_init(scheme: str, n1: int, n2: int, generator: torch.Generator,
                sources: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     if scheme in ("copy", "aki"):

@@ -44,6 +44,7 @@ class GrownModel(nn.Module):
     def __init__(self, operator: GrowthOperator, target_config, recompute: bool = True):
         super().__init__()
         self.recompute = recompute
+        self.config = target_config
         self.operator = operator
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(target_config)

@@ -33,7 +33,7 @@ from torch import nn
 
 from pipeline.config import ConfigError
 from pipeline.growth.adapters import LAYER_ROLES, NORMS, Adapter
-from pipeline.growth.init import depth_init, head_sources, next_layer, width_init
+from pipeline.growth.init import depth_init, head_sources, next_layer, original_units, width_init
 from pipeline.models.sizes import ModelShape
 
 
@@ -74,6 +74,8 @@ class Expansion(nn.Module):
         # K and V heads have no consumer weight (attention reads them), so no scale
         self.scale = None if s is None else nn.Parameter(s.clone())
         self.block = block
+        # which target units are the donor's own (first copies): AKI takes the others from the next layer
+        self.register_buffer("original", original_units(p).repeat_interleave(block), persistent=False)
 
     def matrix(self, consumer: bool) -> torch.Tensor:
         return self.weight * self.scale if consumer else self.weight
@@ -89,10 +91,6 @@ class Expansion(nn.Module):
         m = self.matrix(consumer)
         blocks = w.reshape(w.shape[0], m.shape[1], self.block)
         return torch.einsum("pn,onb->opb", m, blocks).reshape(w.shape[0], m.shape[0] * self.block)
-
-    def old_size(self) -> int:
-        """Rows of the target that are the donor's own units (copy layouts keep them first)."""
-        return self.weight.shape[1] * self.block
 
     def rms_ratio(self) -> torch.Tensor:
         """RMS(P x) / RMS(x) for an isotropic x."""
@@ -153,13 +151,12 @@ class LayerGenerator(nn.Module):
         return value
 
     def _old_units(self, key: str, shape: torch.Size) -> torch.Tensor:
-        """Mask of the entries that involve only units the donor had (rows and columns < N1)."""
+        """Mask of the entries that involve only the donor's own units (first copies)."""
         module, kind = key.split(".")
         row_role, col_role = LAYER_ROLES[module]
-        mask = torch.arange(shape[0]) < self._expansion(row_role).old_size()
+        mask = self._expansion(row_role).original
         if len(shape) == 2:
-            cols = torch.arange(shape[1]) < self._expansion(col_role).old_size()
-            mask = mask[:, None] & cols[None, :]
+            mask = mask[:, None] & self._expansion(col_role).original[None, :]
         return mask
 
     def forward(self) -> dict[str, torch.Tensor]:
@@ -167,7 +164,7 @@ class LayerGenerator(nn.Module):
         for key in self.adapter.layer_keys():
             value = self._generate(key, self.depth)
             if self.depth_new is not None:
-                mask = self._old_units(key, value.shape).to(value.device)
+                mask = self._old_units(key, value.shape)
                 value = torch.where(mask, value, self._generate(key, self.depth_new))
             out[key] = value
         return out
@@ -236,9 +233,6 @@ class GrowthOperator(nn.Module):
 
     def depth_matrix(self, module: str) -> torch.Tensor:
         return torch.stack([layer.depth[module] for layer in self.layers])
-
-    def generator_modules(self) -> list[nn.Module]:
-        return [self.globals, *self.layers]
 
     def global_keys(self) -> list[str]:
         return [k for k in ("embed", "pos", "final_norm.weight", "final_norm.bias", "head")

@@ -10,9 +10,10 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
 
+from pipeline.config import ConfigError
 from pipeline.models.sizes import SIZES, ModelShape, resolve_shape
 
-__all__ = ["SIZES", "ModelShape", "resolve_shape", "hf_config", "build_model", "shape_of", "special_token_ids"]
+__all__ = ["SIZES", "ModelShape", "resolve_shape", "hf_config", "build_model", "resized_config", "shape_of", "special_token_ids"]
 
 
 def special_token_ids(tokenizer) -> dict:
@@ -39,10 +40,27 @@ def shape_of(config: PretrainedConfig) -> ModelShape:
         return ModelShape("gpt2", layers=config.n_layer, hidden=config.n_embd, heads=config.n_head,
                           kv_heads=config.n_head, ffn=config.n_inner or 4 * config.n_embd,
                           max_positions=config.n_positions)
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim not in (None, config.hidden_size // config.num_attention_heads):
+        raise ConfigError(f"LLaMA config with head_dim={head_dim} != hidden/heads is not supported")
     return ModelShape("llama", layers=config.num_hidden_layers, hidden=config.hidden_size,
                       heads=config.num_attention_heads,
                       kv_heads=config.num_key_value_heads or config.num_attention_heads,
                       ffn=config.intermediate_size, max_positions=config.max_position_embeddings)
+
+
+def resized_config(config: PretrainedConfig, shape: ModelShape) -> PretrainedConfig:
+    """A copy of an HF config with only the shape changed (every other hyperparameter kept)."""
+    config = config.__class__.from_dict(config.to_dict())
+    if shape.family == "gpt2":
+        config.update(dict(n_layer=shape.layers, n_embd=shape.hidden, n_head=shape.heads, n_inner=shape.ffn,
+                           n_positions=shape.max_positions))
+    else:
+        config.update(dict(num_hidden_layers=shape.layers, hidden_size=shape.hidden,
+                           num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+                           intermediate_size=shape.ffn, max_position_embeddings=shape.max_positions,
+                           head_dim=shape.head_dim))
+    return config
 
 
 def build_model(config: PretrainedConfig | None, init_from: str | None = None) -> transformers.PreTrainedModel:

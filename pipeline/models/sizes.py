@@ -36,7 +36,7 @@ SIZES: dict[str, ModelShape] = {
     "gpt2-350m": ModelShape("gpt2", layers=24, hidden=1024, heads=16, kv_heads=16, ffn=4096, max_positions=1024),
     "gpt2-774m": ModelShape("gpt2", layers=36, hidden=1280, heads=20, kv_heads=20, ffn=5120, max_positions=1024),
     "gpt2-1.5b": ModelShape("gpt2", layers=48, hidden=1600, heads=25, kv_heads=25, ffn=6400, max_positions=1024),
-    "llama-160m": ModelShape("llama", layers=12, hidden=768, heads=12, kv_heads=4, ffn=2048, max_positions=2048),
+    "llama-125m": ModelShape("llama", layers=12, hidden=768, heads=12, kv_heads=4, ffn=2048, max_positions=2048),
     "tinyllama-1.1b": ModelShape("llama", layers=22, hidden=2048, heads=32, kv_heads=4, ffn=5632,
                                  max_positions=2048),
 }
