@@ -47,6 +47,7 @@ def save(engine, checkpoint_dir: Path, progress: dict, rank: int) -> None:
     previous checkpoint as the one to resume from."""
     tag = f"step{progress['step']}"
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"progress": progress}, save_latest=False)
+    (checkpoint_dir / tag).mkdir(parents=True, exist_ok=True)  # ranks without DeepSpeed files of their own
     torch.save(_rng_state(), checkpoint_dir / tag / f"rng_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
