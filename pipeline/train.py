@@ -27,6 +27,7 @@ from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.loader import PackedSamples, TrainBatches, validation_batches
 from pipeline.data.tokenizer import load_tokenizer
+from pipeline.flops import training_flops_per_token
 from pipeline.engine import (all_reduce_mean, build_engine, deepspeed_config, init_distributed,
                              model_construction, shutdown_distributed)
 from pipeline.metrics import MetricsLogger
@@ -93,6 +94,8 @@ class Trainer:
         model = self.stage.build_model(config, self.target_config, ds)
         self.engine = build_engine(model, t, ds)
         self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
+        self.flops_per_token = training_flops_per_token(resolve_shape(config.model), vocab_size,
+                                                        self.train_samples.seq_len)
 
         self.progress = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0, "world_size": self.world_size}
         if self.resuming:
@@ -164,6 +167,9 @@ class Trainer:
             if step % t.log_interval == 0 or step == t.steps:
                 elapsed = time.perf_counter() - window_start
                 scalars["perf/tokens_per_s"] = window_steps * self.tokens_per_step / elapsed
+                # achieved model FLOPs (pipeline/flops.py), the numerator of MFU
+                scalars["perf/model_tflops_per_rank"] = (scalars["perf/tokens_per_s"] * self.flops_per_token
+                                                         / self.world_size / 1e12)
                 window_start, window_steps = time.perf_counter(), 0
             if step % t.eval_interval == 0 or step == t.steps:
                 scalars["val/loss"] = self.validate()

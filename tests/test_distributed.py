@@ -76,7 +76,8 @@ def test_training_decreases_loss_and_resumes_exactly(prepared, tmp_path, ds_conf
     assert (parts / "hf" / "model.safetensors").exists()
     # TensorBoard: the resumed run's curves continue without overlapping the interrupted part
     scalars = _tensorboard_scalars(parts / "tb")
-    assert {"train/loss", "train/lr", "train/grad_norm", "val/loss", "perf/tokens_per_s"} <= set(scalars)
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/loss", "perf/tokens_per_s",
+            "perf/model_tflops_per_rank"} <= set(scalars)
     assert [step for step, _ in scalars["train/loss"]] == list(range(1, 9))
     assert [v for _, v in scalars["train/loss"]] == pytest.approx(losses, rel=1e-6)
 
