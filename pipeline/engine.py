@@ -8,6 +8,7 @@ import math
 import os
 import socket
 from contextlib import contextmanager
+from pathlib import Path
 
 import deepspeed
 import torch
@@ -24,7 +25,18 @@ def init_distributed() -> tuple[int, int]:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    dist.barrier()  # every rank has now mapped every other rank's shared-memory segment
+    _unlink_shm_segment(dist.get_rank())
     return dist.get_rank(), dist.get_world_size()
+
+
+def _unlink_shm_segment(rank: int) -> None:
+    """DeepSpeed's CPU shared-memory allreduce creates a ~70 MB segment per rank in /dev/shm and never
+    removes it (deepspeed/ops/csrc/cpu/comm/shm.cpp), so every run leaks RAM until the machine is full.
+    Once all ranks have mapped it, the name can go: the memory lives until the last process exits,
+    crashes included."""
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_{rank}"
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def shutdown_distributed() -> None:
@@ -62,6 +74,12 @@ def model_construction(ds: dict):
     transformers keeps only a weak reference to the HfDeepSpeedConfig, so it must stay alive here."""
     hf_ds_config = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None  # noqa: F841 (kept alive)
     yield
+
+
+def partitioned_construction(ds: dict):
+    """Under ZeRO-3, plain torch modules built inside are partitioned as each submodule is created
+    (the growth operator of a billion-parameter target is never whole on one rank)."""
+    return deepspeed.zero.Init(config_dict_or_path=ds, enabled=zero_stage(ds) == 3)
 
 
 def warmup_cosine(train: TrainConfig):

@@ -31,7 +31,8 @@ from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.packing import read_meta
 from pipeline.data.tokenizer import load_tokenizer
-from pipeline.engine import full_fp32_state_dict, shutdown_distributed, trainable_parameters_per_rank
+from pipeline.engine import (full_fp32_state_dict, partitioned_construction, shutdown_distributed,
+                             trainable_parameters_per_rank)
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
 from pipeline.growth.operator import GrowthOperator, GrowthPlan, check_plan
@@ -96,8 +97,10 @@ class GrowStage:
     def build_model(self, config: Config, target_config, ds: dict) -> torch.nn.Module:
         # the target keeps the donor's hyperparameters (RoPE base, norm eps, activation, tying): only the
         # shape changes, so growth can preserve the donor's function
-        return GrownModel(self._operator(), resized_config(self.donor_config, self.plan.target),
-                          config.grow.recompute)
+        with partitioned_construction(ds):
+            operator = self._operator()
+        # the target skeleton lives on the meta device, outside the partitioning context
+        return GrownModel(operator, resized_config(self.donor_config, self.plan.target), config.grow.recompute)
 
     def export(self, trainer: Trainer) -> None:
         """Rank 0 rebuilds the operator in fp32 on CPU from the donor files and the trained coefficients

@@ -35,9 +35,12 @@ def prepared(tmp_path_factory):
 
 def run_deepspeed(module_args: list[str], timeout: int = 600, expect_ok: bool = True) -> subprocess.CompletedProcess:
     """2 CPU ranks through the real `deepspeed` launcher, as users run it."""
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), *module_args]
+    port = free_port()
+    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), *module_args]
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if expect_ok and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    # DeepSpeed's CPU shared-memory segments must not outlive the run (pipeline.engine removes them)
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     return proc
