@@ -95,11 +95,11 @@ class GrowStage:
         return GrowthOperator(self.plan, self.adapter, donor_globals, donor_layers)
 
     def build_model(self, config: Config, target_config, ds: dict) -> torch.nn.Module:
-        # the target keeps the donor's hyperparameters (RoPE base, norm eps, activation, tying): only the
-        # shape changes, so growth can preserve the donor's function
         with partitioned_construction(ds):
             operator = self._operator()
-        # the target skeleton lives on the meta device, outside the partitioning context
+        # Outside the partitioning context: the target skeleton lives on the meta device. It keeps the
+        # donor's hyperparameters (RoPE base, norm eps, activation, tying) with the new shape, so growth
+        # can preserve the donor's function.
         return GrownModel(operator, resized_config(self.donor_config, self.plan.target), config.grow.recompute)
 
     def export(self, trainer: Trainer) -> None:
