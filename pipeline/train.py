@@ -97,12 +97,17 @@ class Trainer:
         self.flops_per_token = training_flops_per_token(resolve_shape(config.model), vocab_size,
                                                         self.train_samples.seq_len)
 
-        self.progress = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0, "world_size": self.world_size}
+        self.progress = self._progress(0)
         if self.resuming:
             self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank)
         elif self.rank == 0:
             config.save(self.run_dir / "config.yaml")
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, self.progress["step"])
+
+    def _progress(self, step: int) -> dict:
+        """What a checkpoint records about the run's position (DeepSpeed saves none of it)."""
+        return {"step": step, "consumed_samples": step * self.engine.train_batch_size(),
+                "consumed_tokens": step * self.tokens_per_step, "world_size": self.world_size}
 
     def _check_run_dir(self, resume: str | None) -> bool:
         """Never start a fresh run over an existing one; never 'resume' a run that changed its config."""
@@ -157,8 +162,7 @@ class Trainer:
             local_loss = self.train_step(step)
             step += 1
             window_steps += 1
-            self.progress = {"step": step, "consumed_samples": step * self.engine.train_batch_size(),
-                             "consumed_tokens": step * self.tokens_per_step, "world_size": self.world_size}
+            self.progress = self._progress(step)
             loss = all_reduce_mean([local_loss])[0]
             scalars = {"train/loss": loss, "train/lr": lr}
             grad_norm = self.engine.get_global_grad_norm()
