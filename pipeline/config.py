@@ -116,6 +116,11 @@ class TrainConfig:
     """Save a DeepSpeed checkpoint every this many steps (and at the end)."""
     log_interval: int = 10
     """Console / TensorBoard / JSONL logging interval in steps."""
+    throughput_warmup_steps: int = 2
+    """Steps after each (re)start left out of throughput numbers (allocator growth, cold caches)."""
+    peak_tflops: typing.Optional[float] = None
+    """Peak TFLOPS per rank, the MFU/HFU denominator. Unset: the datasheet bf16/fp16 peak of a known GPU,
+    else a matmul rate measured at start (pipeline/throughput.py)."""
     seed: int = 0
     """Seed of model initialization and every RNG."""
     init_from: typing.Optional[str] = None
@@ -143,10 +148,11 @@ class GrowConfig:
     """Cosine decay floor after warmup, as a fraction of lr."""
     weight_decay: float = 0.0
     """Weight decay on operator coefficients (0: do not pull them towards zero)."""
-    recompute: bool = True
-    """Regenerate each target module's weights (and its activations) in backward instead of storing
-    them: memory of one module's weights at a time. False stores the generated weights (one unsharded
-    fp32 copy of the target per rank) and runs faster."""
+    recompute: str = "auto"
+    """What backward recomputes instead of storing (pipeline/growth/model.py): weights (regenerate each
+    module's weights; memory of training the target) | activations (checkpoint whole modules, as
+    model.activation_checkpointing does) | none (store the generated weights: an unsharded fp32 copy
+    of the target per rank) | auto (activations if model.activation_checkpointing, else weights)."""
 
 
 @dataclass
@@ -321,8 +327,14 @@ def validate(config: Config) -> None:
     if g.steps < 0 or g.warmup_steps < 0 or g.lr <= 0 or g.weight_decay < 0:
         raise ConfigError(f"grow: need steps >= 0, warmup_steps >= 0, lr > 0, weight_decay >= 0 (got steps={g.steps}, "
                           f"warmup_steps={g.warmup_steps}, lr={g.lr}, weight_decay={g.weight_decay})")
+    from pipeline.growth.model import RECOMPUTE_MODES
+    if g.recompute not in ("auto", *RECOMPUTE_MODES):
+        raise ConfigError(f"grow.recompute must be auto or one of {RECOMPUTE_MODES}, got {g.recompute!r}")
     if 0 < g.steps < g.warmup_steps:
         raise ConfigError(f"grow.warmup_steps={g.warmup_steps} exceeds grow.steps={g.steps}")
+    if t.throughput_warmup_steps < 0 or (t.peak_tflops is not None and t.peak_tflops <= 0):
+        raise ConfigError(f"train.throughput_warmup_steps must be >= 0 and train.peak_tflops > 0 or unset (got "
+                          f"{t.throughput_warmup_steps}, {t.peak_tflops})")
     if t.grad_clip < 0 or t.weight_decay < 0:
         raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
     shape = resolve_shape(config.model)

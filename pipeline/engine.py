@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from deepspeed.accelerator import get_accelerator
 from transformers.integrations import HfDeepSpeedConfig
 
 from pipeline.config import TrainConfig, check_batch_triad, load_deepspeed_json
+from pipeline.throughput import datasheet_tflops, measured_matmul_tflops
 
 
 def init_distributed() -> tuple[int, int]:
@@ -135,9 +137,47 @@ def _register_shared_parameters(model: torch.nn.Module) -> None:
 
 def all_reduce_mean(values: list[float]) -> list[float]:
     """Mean over ranks of a few scalars, in one collective."""
+    return [v / dist.get_world_size() for v in _all_reduce(values, dist.ReduceOp.SUM)]
+
+
+def all_reduce_max(values: list[float]) -> list[float]:
+    return _all_reduce(values, dist.ReduceOp.MAX)
+
+
+def _all_reduce(values: list[float], op) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=get_accelerator().current_device_name())
-    dist.all_reduce(tensor)
-    return (tensor / dist.get_world_size()).tolist()
+    dist.all_reduce(tensor, op=op)
+    return tensor.tolist()
+
+
+def training_dtype(ds: dict) -> torch.dtype:
+    if ds.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    return torch.float16 if ds.get("fp16", {}).get("enabled") else torch.float32
+
+
+def peak_tflops_per_rank(configured: float | None, dtype: torch.dtype) -> tuple[float, str]:
+    """The MFU denominator and where it came from: the setting, a datasheet, or a measurement (then
+    a collective: all ranks measure at once and share the mean)."""
+    if configured:
+        return configured, "train.peak_tflops"
+    kind = get_accelerator().device_name()
+    if kind != "cpu":
+        device_name = getattr(torch, kind).get_device_name()
+        tflops = datasheet_tflops(device_name, dtype)
+        if tflops:
+            return tflops, f"datasheet {dtype} peak of {device_name}"
+    dist.barrier()
+    measured = all_reduce_mean([measured_matmul_tflops(get_accelerator().current_device_name(), dtype)])[0]
+    return measured, f"measured {dtype} matmul rate on {kind} (set train.peak_tflops to override)"
+
+
+def peak_memory_gb() -> float:
+    """This rank's peak memory: device memory allocated on accelerators, resident set size on CPU
+    (DeepSpeed's CPU accelerator only samples RSS when asked, so its 'max' misses peaks)."""
+    if get_accelerator().device_name() == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
+    return get_accelerator().max_memory_allocated() / 1e9
 
 
 def full_fp32_state_dict(engine, rank: int, trainable_only: bool = False) -> dict[str, torch.Tensor]:

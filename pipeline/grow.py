@@ -35,7 +35,8 @@ from pipeline.engine import (full_fp32_state_dict, partitioned_construction, shu
                              trainable_parameters_per_rank)
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
-from pipeline.growth.operator import GrowthOperator, GrowthPlan, check_plan
+from pipeline.flops import recompute_flops_per_token, training_flops_per_token
+from pipeline.growth.operator import GrowthOperator, GrowthPlan, check_plan, generation_flops
 from pipeline.metrics import read_metrics
 from pipeline.models import resized_config, resolve_shape, shape_of
 from pipeline.train import Trainer, stage_flags
@@ -66,6 +67,9 @@ class GrowStage:
                                g.width_init, config.train.seed)
         check_plan(self.plan)
         self._check_tokenizer(config)
+        self.recompute = g.recompute
+        if self.recompute == "auto":
+            self.recompute = "activations" if config.model.activation_checkpointing else "weights"
         self.started = time.time()
 
     def _check_tokenizer(self, config: Config) -> None:
@@ -100,7 +104,18 @@ class GrowStage:
         # Outside the partitioning context: the target skeleton lives on the meta device. It keeps the
         # donor's hyperparameters (RoPE base, norm eps, activation, tying) with the new shape, so growth
         # can preserve the donor's function.
-        return GrownModel(operator, resized_config(self.donor_config, self.plan.target), config.grow.recompute)
+        return GrownModel(operator, resized_config(self.donor_config, self.plan.target), self.recompute)
+
+    def hardware_flops_per_token(self, config: Config, vocab_size: int) -> float:
+        """The target's forward and backward, recomputed modules, and generating every weight once per
+        micro-batch in forward, twice more in backward, and once again when backward regenerates."""
+        shape, seq_len = self.plan.target, config.data.seq_len
+        flops = training_flops_per_token(shape, vocab_size, seq_len)
+        if self.recompute == "activations":
+            flops += recompute_flops_per_token(shape, seq_len)
+        generations = 3 if self.recompute == "none" else 4
+        tokens_per_micro_batch = config.train.micro_batch_size * seq_len
+        return flops + generations * generation_flops(self.plan, self.adapter, vocab_size) / tokens_per_micro_batch
 
     def export(self, trainer: Trainer) -> None:
         """Rank 0 rebuilds the operator in fp32 on CPU from the donor files and the trained coefficients

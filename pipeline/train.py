@@ -27,10 +27,12 @@ from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.loader import PackedSamples, TrainBatches, validation_batches
 from pipeline.data.tokenizer import load_tokenizer
-from pipeline.flops import training_flops_per_token
-from pipeline.engine import (all_reduce_mean, build_engine, deepspeed_config, init_distributed,
-                             model_construction, shutdown_distributed)
+from pipeline.flops import recompute_flops_per_token, training_flops_per_token
+from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, deepspeed_config, init_distributed,
+                             model_construction, peak_memory_gb, peak_tflops_per_rank, shutdown_distributed,
+                             training_dtype)
 from pipeline.metrics import MetricsLogger
+from pipeline.throughput import ThroughputMeter
 from pipeline.models import build_model, hf_config, resolve_shape, shape_of, special_token_ids
 
 
@@ -59,6 +61,14 @@ class PretrainStage:
         if config.model.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
+
+    def hardware_flops_per_token(self, config: Config, vocab_size: int) -> float:
+        """Model FLOPs plus what activation checkpointing recomputes (the HFU numerator)."""
+        shape, seq_len = resolve_shape(config.model), config.data.seq_len
+        flops = training_flops_per_token(shape, vocab_size, seq_len)
+        if config.model.activation_checkpointing:
+            flops += recompute_flops_per_token(shape, seq_len)
+        return flops
 
     def export(self, trainer: "Trainer") -> None:
         if trainer.config.train.save_hf:
@@ -94,8 +104,13 @@ class Trainer:
         model = self.stage.build_model(config, self.target_config, ds)
         self.engine = build_engine(model, t, ds)
         self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
-        self.flops_per_token = training_flops_per_token(resolve_shape(config.model), vocab_size,
-                                                        self.train_samples.seq_len)
+        peak_tflops, peak_source = peak_tflops_per_rank(t.peak_tflops, training_dtype(ds))
+        if self.rank == 0:
+            print(f"[{self.stage.name}] MFU denominator: {peak_tflops:.3g} TFLOPS per rank ({peak_source})", flush=True)
+        self.meter = ThroughputMeter(
+            self.tokens_per_step, self.engine.train_batch_size(), self.world_size,
+            training_flops_per_token(resolve_shape(config.model), vocab_size, self.train_samples.seq_len),
+            self.stage.hardware_flops_per_token(config, vocab_size), peak_tflops, t.throughput_warmup_steps)
 
         self.progress = self._progress(0)
         if self.resuming:
@@ -133,15 +148,18 @@ class Trainer:
                               f"({saved_config}); resuming would not continue the same run")
         return True
 
-    def train_step(self, step: int) -> float:
-        losses = []
+    def train_step(self, step: int) -> tuple[float, float]:
+        """One optimizer step; returns this rank's mean loss and the seconds spent fetching data."""
+        losses, data_seconds = [], 0.0
         for micro_step in range(self.schedule.grad_accum_steps):
+            fetch_start = time.perf_counter()
             input_ids = self.batches.batch(step, micro_step).to(self.engine.device)
+            data_seconds += time.perf_counter() - fetch_start
             loss = self.engine(input_ids=input_ids, labels=input_ids).loss
             self.engine.backward(loss)
             self.engine.step()  # DeepSpeed applies the update only at the accumulation boundary
             losses.append(loss.item())
-        return sum(losses) / len(losses)
+        return sum(losses) / len(losses), data_seconds
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -156,25 +174,21 @@ class Trainer:
         step = self.progress["step"]
         if step == 0:
             self.log(0, {"val/loss": self.validate()})
-        window_start, window_steps = time.perf_counter(), 0
         while step < self.until_step:
             lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside it)
-            local_loss = self.train_step(step)
-            step += 1
-            window_steps += 1
-            self.progress = self._progress(step)
+            step_start = time.perf_counter()
+            local_loss, data_seconds = self.train_step(step)
             loss = all_reduce_mean([local_loss])[0]
+            self.meter.record(time.perf_counter() - step_start, data_seconds)
+            step += 1
+            self.progress = self._progress(step)
             scalars = {"train/loss": loss, "train/lr": lr}
             grad_norm = self.engine.get_global_grad_norm()
             if grad_norm is not None:
                 scalars["train/grad_norm"] = float(grad_norm)
             if step % t.log_interval == 0 or step == t.steps:
-                elapsed = time.perf_counter() - window_start
-                scalars["perf/tokens_per_s"] = window_steps * self.tokens_per_step / elapsed
-                # achieved model FLOPs (pipeline/flops.py), the numerator of MFU
-                scalars["perf/model_tflops_per_rank"] = (scalars["perf/tokens_per_s"] * self.flops_per_token
-                                                         / self.world_size / 1e12)
-                window_start, window_steps = time.perf_counter(), 0
+                scalars.update(self.meter.window())
+                scalars["perf/peak_memory_gb"] = all_reduce_max([peak_memory_gb()])[0]
             if step % t.eval_interval == 0 or step == t.steps:
                 scalars["val/loss"] = self.validate()
             self.log(step, scalars)
@@ -191,9 +205,13 @@ class Trainer:
     def log(self, step: int, scalars: dict) -> None:
         t = self.schedule
         self.metrics.log(step, {**scalars, "progress/consumed_tokens": step * self.tokens_per_step})
-        if self.rank == 0 and ("perf/tokens_per_s" in scalars or "val/loss" in scalars or step == 0):
-            shown = " ".join(f"{k.replace('train/', '').replace('/', '_')}={v:.4g}" for k, v in scalars.items())
+        if self.rank == 0 and ("perf/peak_memory_gb" in scalars or "val/loss" in scalars or step == 0):
+            shown = " ".join(f"{k.split('/')[-1] if k.startswith('perf/') else k.replace('/', '_')}={v:.4g}"
+                             for k, v in scalars.items() if k.split("/")[0] in ("train", "val") or k in CONSOLE_PERF)
             print(f"[{self.stage.name}] step {step}/{t.steps} {shown}", flush=True)
+
+
+CONSOLE_PERF = ("perf/tokens_per_s", "perf/step_time_s", "perf/mfu", "perf/peak_memory_gb")  # the rest: TensorBoard
 
 
 def stage_flags(parser) -> None:

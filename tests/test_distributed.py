@@ -135,7 +135,7 @@ def test_grow_under_zero3_is_partitioned_learns_and_matches_zero0(prepared, dono
     root, _, _ = prepared
     grow(tmp_path / "z3", root, donor, "train.deepspeed_config=zero3")
     grow(tmp_path / "z0", root, donor, "train.deepspeed_config=zero0")
-    grow(tmp_path / "z2", root, donor, "train.deepspeed_config=zero2", "grow.recompute=false")
+    grow(tmp_path / "z2", root, donor, "train.deepspeed_config=zero2", "grow.recompute=none")
     z3 = json.loads((tmp_path / "z3" / "report.json").read_text())
     z0 = json.loads((tmp_path / "z0" / "report.json").read_text())
     total = z3["operator_parameters"]

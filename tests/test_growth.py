@@ -5,13 +5,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, BertConfig
 
 from pipeline.config import ConfigError, load_config
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.init import depth_sources, head_sources
 from pipeline.growth.model import GrownModel
-from pipeline.growth.operator import GrowthOperator, GrowthPlan
+from pipeline.growth.operator import GrowthOperator, GrowthPlan, generation_flops
 from pipeline.models import SIZES, build_model, hf_config, shape_of
 
 TOKEN_IDS = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
@@ -260,16 +261,35 @@ def test_aki_keeps_donor_heads_when_query_groups_grow():
 
 
 def test_recompute_changes_memory_not_math():
-    """grow.recompute regenerates weights in backward; the loss and operator gradients are identical."""
+    """Regenerating weights (or whole modules) in backward gives the same loss and operator gradients
+    as storing the generated weights."""
     op, target_config = grow(make_donor(GPT2), SIZES["gpt2-micro"], depth="noisy_stack", width="random")
     ids = torch.randint(0, VOCAB, (2, 16))
     results = []
-    for recompute in (True, False):
+    generations = []
+    op.layers[0].register_forward_hook(lambda *_: generations.append(1))
+    for recompute in ("weights", "activations", "none"):
         op.zero_grad()
+        generations.clear()
         loss = GrownModel(op, target_config, recompute=recompute)(ids, labels=ids).loss
         loss.backward()
+        assert len(generations) == (1 if recompute == "none" else 2)  # regenerated once in backward
         results.append((loss.item(), [p.grad.clone() for p in op.parameters() if p.requires_grad]))  # none unused
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    assert loss_a == loss_b
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(grads_a, grads_b))
+    (loss_a, grads_a), *others = results
+    for loss_b, grads_b in others:
+        assert loss_a == loss_b
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(grads_a, grads_b))
     assert any(g.abs().sum() > 0 for g in grads_a)
+
+
+@pytest.mark.parametrize("case", ["llama wider, GQA 4/2 -> 8/4", "llama non-integer width, depth 2->3",
+                                  "gpt2 non-integer width"])
+@pytest.mark.parametrize("width", ["copy", "aki"])
+def test_generation_flops_match_a_flop_counter(case, width):
+    """The analytic cost of generating the target (grow-stage HFU, growth benchmark accounting) equals
+    the matmul FLOPs torch counts while the operator generates every weight once."""
+    donor_shape, target = TARGETS[case]
+    op, _ = grow(make_donor(donor_shape), target, width=width)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        dict(op.materialize())
+    assert generation_flops(op.plan, op.adapter, VOCAB) == counter.get_total_flops()

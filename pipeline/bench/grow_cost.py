@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from pipeline.bench.arms import alternate, medians
 from pipeline.config import load_config
 
 
@@ -94,22 +92,8 @@ def main() -> None:
         donor_dir = Path(tempfile.mkdtemp(prefix="random-donor-"))
         save_random_donor(args.random_donor, config, donor_dir)
         overrides.append(f"grow.donor={donor_dir}")
-    results = {"train": [], "grow": []}
-    for round_index in range(args.rounds):
-        for arm in ("train", "grow"):
-            env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(29700 + round_index * 2 + (arm == "grow")))
-            out = subprocess.run([sys.executable, "-m", "pipeline.bench.grow_cost", "--config", args.config,
-                                  "--arm", arm, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                                  *overrides], env=env, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"{arm} arm failed:\n{out.stderr[-3000:]}")
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            results[arm].append(result)
-            print(f"round {round_index + 1} {arm:5s}: {result['step_s'] * 1000:.1f} ms/step, "
-                  f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
-    median = {arm: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "peak_rss_mb")}
-              for arm, rs in results.items()}
+    child_args = ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup), *overrides]
+    median = medians(alternate("pipeline.bench.grow_cost", ("train", "grow"), args.rounds, child_args))
     print(json.dumps({"median": median,
                       "grow_over_train_step_time": median["grow"]["step_s"] / median["train"]["step_s"],
                       "grow_over_train_peak_rss": median["grow"]["peak_rss_mb"] / median["train"]["peak_rss_mb"]},

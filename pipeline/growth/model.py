@@ -2,11 +2,17 @@
 weight generated from the operator just in time.
 
 The target is built on the meta device (no memory), and each of its weight-holding modules
-(embeddings, decoder layers, final norm, head) is replaced by a `Generated` wrapper that, inside an
-activation checkpoint, asks its generator for that module's weights and runs the original module
-with them (`torch.func.functional_call`). So only one module's generated weights exist at a time and
-backward recomputes them instead of storing them: the grow stage needs about the memory of
-training the target, not of holding it twice.
+(embeddings, decoder layers, final norm, head) is replaced by a `Generated` wrapper that asks its
+generator for that module's weights and runs the original module with them
+(`torch.func.functional_call`). Backward needs those weights again; storing them would hold an
+unsharded copy of the whole target per rank. Instead:
+  recompute="weights"      autograd saves a reference in place of each generated weight and
+                           backward regenerates the module's weights (activations are stored as in
+                           training): the memory of training the target, at little extra time;
+  recompute="activations"  the whole module runs in an activation checkpoint (weights and
+                           activations recomputed): the memory of training with activation
+                           checkpointing;
+  recompute="none"         generated weights are kept for backward (fastest, most memory).
 """
 
 from __future__ import annotations
@@ -22,8 +28,43 @@ from transformers import AutoModelForCausalLM
 from pipeline.growth.operator import GrowthOperator
 
 
+RECOMPUTE_MODES = ("weights", "activations", "none")
+
+
+class RegeneratedWeights:
+    """Saved-tensor hooks for one forward of one module: a saved tensor that is (a view of) a
+    generated weight is packed as (name, view geometry); the first unpack in backward regenerates
+    all the module's weights without grad, and the cache is dropped once every packed view is used."""
+
+    def __init__(self, weights: dict[str, torch.Tensor], generate: Callable[[], dict[str, torch.Tensor]]):
+        self.names = {w.untyped_storage().data_ptr(): name for name, w in weights.items()}
+        self.generate = generate
+        self.pending = 0
+        self.cache = None
+
+    def pack(self, tensor: torch.Tensor):
+        name = self.names.get(tensor.untyped_storage().data_ptr())
+        if name is None:
+            return tensor
+        self.pending += 1
+        return name, tensor.size(), tensor.stride(), tensor.storage_offset()
+
+    def unpack(self, packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        name, size, stride, offset = packed
+        if self.cache is None:
+            with torch.no_grad():  # the same ops as the forward's generation: bit-identical values
+                self.cache = self.generate()
+        view = self.cache[name].as_strided(size, stride, offset)
+        self.pending -= 1
+        if self.pending <= 0:
+            self.cache = None
+        return view
+
+
 class Generated(nn.Module):
-    def __init__(self, module: nn.Module, weights: Callable[[], dict[str, torch.Tensor]], recompute: bool):
+    def __init__(self, module: nn.Module, weights: Callable[[], dict[str, torch.Tensor]], recompute: str):
         super().__init__()
         # plain attributes, not submodules: the meta-device module and the generator are owned elsewhere
         self.__dict__["module"] = module
@@ -31,18 +72,26 @@ class Generated(nn.Module):
         self.recompute = recompute
 
     def forward(self, *args, **kwargs):
-        def run(*args, **kwargs):
-            return functional_call(self.module, self.weights(), args, kwargs)
-        if self.recompute:
-            return checkpoint(run, *args, use_reentrant=False, **kwargs)
-        return run(*args, **kwargs)
+        if self.recompute == "activations":
+            return checkpoint(self._generate_and_run, *args, use_reentrant=False, **kwargs)
+        return self._generate_and_run(*args, **kwargs)
+
+    def _generate_and_run(self, *args, **kwargs):
+        weights = self.weights()
+        if self.recompute == "none" or not torch.is_grad_enabled():
+            return functional_call(self.module, weights, args, kwargs)
+        hooks = RegeneratedWeights(weights, self.weights)
+        with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+            return functional_call(self.module, weights, args, kwargs)
 
 
 class GrownModel(nn.Module):
     """`forward(input_ids, labels)` of the target, differentiable w.r.t. the operator only."""
 
-    def __init__(self, operator: GrowthOperator, target_config, recompute: bool = True):
+    def __init__(self, operator: GrowthOperator, target_config, recompute: str = "weights"):
         super().__init__()
+        if recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute={recompute!r}: choose one of {RECOMPUTE_MODES}")
         self.recompute = recompute
         self.config = target_config
         self.operator = operator

@@ -97,21 +97,56 @@ class Expansion(nn.Module):
         return self.weight.norm() / self.weight.shape[0] ** 0.5
 
 
+def _cheaper_order(rows: tuple[int, int, int], cols: tuple[int, int, int]) -> tuple[bool, int]:
+    """For P_rows @ w @ C_cols^T with expansions given as (units out, units in, block): whether
+    expanding rows first is cheaper, and the multiply-adds of the cheaper order. Expanding dim 0
+    mixes whole blocks: units out x units in x block x columns."""
+    (rows_out, rows_in, rows_block), (cols_out, cols_in, cols_block) = rows, cols
+
+    def rows_cost(n_cols):
+        return rows_out * rows_in * rows_block * n_cols
+
+    def cols_cost(n_rows):
+        return n_rows * cols_out * cols_in * cols_block
+
+    rows_first = rows_cost(cols_in * cols_block) + cols_cost(rows_out * rows_block)
+    cols_first = cols_cost(rows_in * rows_block) + rows_cost(cols_out * cols_block)
+    return rows_first <= cols_first, min(rows_first, cols_first)
+
+
 def _expand_both(w: torch.Tensor, rows: Expansion, cols: Expansion) -> torch.Tensor:
     """rows.P @ w @ cols.C^T, multiplying in the cheaper order (e.g. columns first for the MLP's down
     projection, whose input side grows more than its output side): same result, fewer FLOPs."""
-    (rows_out, rows_in), (cols_out, cols_in) = rows.weight.shape, cols.weight.shape
+    rows_first, _ = _cheaper_order((*rows.weight.shape, rows.block), (*cols.weight.shape, cols.block))
+    return cols.cols(rows.rows(w)) if rows_first else rows.rows(cols.cols(w))
 
-    def rows_cost(n_cols):  # expanding dim 0 mixes whole blocks: units x units x block x columns
-        return rows_out * rows_in * rows.block * n_cols
 
-    def cols_cost(n_rows):
-        return n_rows * cols_out * cols_in * cols.block
-
-    if rows_cost(cols_in * cols.block) + cols_cost(rows_out * rows.block) <= \
-            cols_cost(rows_in * rows.block) + rows_cost(cols_out * cols.block):
-        return cols.cols(rows.rows(w))
-    return rows.rows(cols.cols(w))
+def generation_flops(plan: GrowthPlan, adapter: Adapter, vocab_size: int) -> int:
+    """Matrix-multiply FLOPs of generating the whole target once (depth blends and expansions; the
+    elementwise scalings are ignored, as in pipeline/flops.py). Backward costs twice this."""
+    d, t = plan.donor, plan.target
+    dims = {"residual": (t.hidden, d.hidden, 1), "q_heads": (t.heads, d.heads, d.head_dim),
+            "k_heads": (t.kv_heads, d.kv_heads, d.head_dim), "v_heads": (t.kv_heads, d.kv_heads, d.head_dim),
+            "ffn": (t.ffn, d.ffn, 1)}
+    per_layer = 0
+    for key in adapter.layer_keys():
+        module, kind = key.split(".")
+        row_role, col_role = LAYER_ROLES[module]
+        rows_out, rows_in, block = dims[row_role]
+        if kind == "weight" and col_role is not None:
+            cols_in, cols_block = dims[col_role][1:]
+            donor_numel = rows_in * block * cols_in * cols_block
+            expand = _cheaper_order(dims[row_role], dims[col_role])[1]
+        else:
+            donor_numel = rows_in * block
+            expand = rows_out * rows_in * block
+        per_layer += 2 * (d.layers * donor_numel + expand)  # depth blend, then width
+    if plan.width_init == "aki":
+        per_layer *= 2  # new units blend the next donor layers: a second generation
+    # embeddings and head expand their columns; the final norm's weight (and bias) are expanded vectors
+    global_rows = (vocab_size * (1 if adapter.tied_head else 2) + (t.max_positions if adapter.family == "gpt2" else 0)
+                   + (2 if adapter.has_bias else 1))
+    return t.layers * per_layer + 2 * global_rows * d.hidden * t.hidden
 
 
 class DonorLayers(nn.Module):
