@@ -1,9 +1,11 @@
 """Training checkpoints (DeepSpeed engine state + what DeepSpeed does not save) and HF model export.
 
-A checkpoint is ``<run>/checkpoints/step<N>/`` written by ``engine.save_checkpoint``; DeepSpeed's
-``latest`` file names the newest one. DeepSpeed saves model, optimizer and LR-scheduler state but
-no RNG state and no data position, so we add: the training progress (step, consumed samples and
-tokens) in ``client_state``, and each rank's RNG states in ``rng_rank<r>.pt``.
+A checkpoint is ``<run>/checkpoints/step<N>/`` written by ``engine.save_checkpoint``; ``latest``
+names the newest *complete* one. DeepSpeed saves model, optimizer and LR-scheduler state but no RNG
+state and no data position, so we add ``progress.json`` (step, consumed samples and tokens, world
+size, global batch, the data's key, the resolved config, the pipeline version: readable without
+loading any tensor) and each rank's RNG states in ``rng_rank<r>.pt``. Only the newest
+``train.keep_checkpoints`` complete checkpoints are kept.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +45,44 @@ def _set_rng_state(state: dict) -> None:
     get_accelerator().set_rng_state(state["accelerator"])
 
 
-def save(engine, checkpoint_dir: Path, progress: dict, rank: int) -> None:
+def read_progress(checkpoint_dir: Path, tag: str) -> dict:
+    path = checkpoint_dir / tag / "progress.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is missing or unreadable ({err}): the checkpoint is incomplete or from an older "
+                          f"version; point `latest` at an earlier step<N> or start a new run.dir") from err
+
+
+def save(engine, checkpoint_dir: Path, progress: dict, rank: int, keep: int = 0) -> None:
     """Collective: every rank must call it at the same step. The checkpoint becomes `latest` only once
-    every rank's files (DeepSpeed's and our RNG states) are written, so a kill mid-save leaves the
-    previous checkpoint as the one to resume from."""
+    every rank's files (DeepSpeed's and ours) are written, so a kill mid-save leaves the previous
+    checkpoint as the one to resume from. Then all but the newest `keep` complete ones go (0: keep all)."""
     tag = f"step{progress['step']}"
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"progress": progress}, save_latest=False)
     (checkpoint_dir / tag).mkdir(parents=True, exist_ok=True)  # ranks without DeepSpeed files of their own
     torch.save(_rng_state(), checkpoint_dir / tag / f"rng_rank{rank}.pt")
+    if rank == 0:
+        (checkpoint_dir / tag / "progress.json").write_text(json.dumps(progress, indent=1))
+    if os.environ.get("PIPELINE_TEST_CRASH_IN_SAVE") == tag:  # fault-injection hook of tests/test_faults.py
+        os._exit(17)
     dist.barrier()
     if rank == 0:
         pointer = checkpoint_dir / "latest.tmp"
         pointer.write_text(tag)
         os.replace(pointer, checkpoint_dir / "latest")
+        if keep > 0:
+            _remove_old_checkpoints(checkpoint_dir, progress["step"], keep)
     dist.barrier()  # nobody proceeds (or exits) before the pointer is in place
+
+
+def _remove_old_checkpoints(checkpoint_dir: Path, latest_step: int, keep: int) -> None:
+    """Delete complete checkpoints older than the newest `keep`; never `latest` or anything newer
+    (a newer directory is an interrupted save that the next save of that step overwrites)."""
+    steps = sorted(int(m.group(1)) for p in checkpoint_dir.iterdir()
+                   if (m := re.fullmatch(r"step(\d+)", p.name)) and int(m.group(1)) <= latest_step)
+    for step in steps[:-keep]:
+        shutil.rmtree(checkpoint_dir / f"step{step}")
 
 
 def load(engine, checkpoint_dir: Path, rank: int) -> dict:
@@ -64,9 +92,6 @@ def load(engine, checkpoint_dir: Path, rank: int) -> dict:
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {checkpoint_dir / str(tag)}")
     progress = client_state["progress"]
-    if progress["world_size"] != dist.get_world_size():
-        raise ConfigError(f"{checkpoint_dir / tag} was written by {progress['world_size']} ranks, this launch has "
-                          f"{dist.get_world_size()}: resume with the same number of ranks")
     _set_rng_state(torch.load(checkpoint_dir / tag / f"rng_rank{rank}.pt", weights_only=False))
     return progress
 

@@ -114,6 +114,13 @@ class TrainConfig:
     """Validation micro-batches per rank: a fixed set, identical count on every rank."""
     checkpoint_interval: int = 100
     """Save a DeepSpeed checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 3
+    """Keep the newest this many complete checkpoints (0: keep all)."""
+    preemption_grace_s: float = 120.0
+    """After SIGTERM/SIGINT: stop after the current step, checkpoint, exit 0; give up after this long."""
+    max_skipped_steps: int = 5
+    """A step whose loss is NaN/inf on any rank is skipped (no update); this many in a row stop the run
+    with a checkpoint of the last good weights (0: stop at the first)."""
     log_interval: int = 10
     """Console / TensorBoard / JSONL logging interval in steps."""
     throughput_warmup_steps: int = 2
@@ -332,6 +339,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"grow.recompute must be auto or one of {RECOMPUTE_MODES}, got {g.recompute!r}")
     if 0 < g.steps < g.warmup_steps:
         raise ConfigError(f"grow.warmup_steps={g.warmup_steps} exceeds grow.steps={g.steps}")
+    if t.keep_checkpoints < 0 or t.max_skipped_steps < 0 or t.preemption_grace_s <= 0:
+        raise ConfigError(f"train.keep_checkpoints and train.max_skipped_steps must be >= 0 and "
+                          f"train.preemption_grace_s > 0 (got {t.keep_checkpoints}, {t.max_skipped_steps}, "
+                          f"{t.preemption_grace_s})")
     if t.throughput_warmup_steps < 0 or (t.peak_tflops is not None and t.peak_tflops <= 0):
         raise ConfigError(f"train.throughput_warmup_steps must be >= 0 and train.peak_tflops > 0 or unset (got "
                           f"{t.throughput_warmup_steps}, {t.peak_tflops})")

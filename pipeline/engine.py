@@ -60,7 +60,9 @@ def deepspeed_config(train: TrainConfig, world_size: int) -> dict:
     ds.update(train_batch_size=check_batch_triad(train, world_size),
               train_micro_batch_size_per_gpu=train.micro_batch_size,
               gradient_accumulation_steps=train.grad_accum_steps,
-              gradient_clipping=train.grad_clip)
+              gradient_clipping=train.grad_clip,
+              # our AdamW is torch's with a skippable step (below); DeepSpeed tests optimizers by exact type
+              zero_allow_untested_optimizer=True)
     return ds
 
 
@@ -110,13 +112,29 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class AdamW(torch.optim.AdamW):
+    """torch AdamW whose next update can be skipped. DeepSpeed (ZeRO 0-3, bf16) calls the wrapped
+    optimizer's step() on the fp32 master weights and copies them back, so returning early leaves
+    weights and moments exactly as they were: the way to drop a step whose loss was not finite."""
+    skip_next_update = False
+
+    def step(self, closure=None):
+        if self.skip_next_update:
+            return None
+        return super().step(closure)
+
+
+def skip_next_update(engine, skip: bool) -> None:
+    engine.client_optimizer.skip_next_update = skip
+
+
 def build_engine(model: torch.nn.Module, train: TrainConfig, ds: dict):
     """DeepSpeed engine around ``model`` with torch AdamW (no JIT-built op on CPU) and the LR schedule.
 
     The scheduler is handed to DeepSpeed so it is stepped with the optimizer and saved/restored in
     every checkpoint (a scheduler kept outside restarts from step 0 on resume)."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.lr,
-                                  betas=(train.beta1, train.beta2), eps=1e-8)
+    optimizer = AdamW(parameter_groups(model, train.weight_decay), lr=train.lr, betas=(train.beta1, train.beta2),
+                      eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
     if engine.zero_optimization_stage() == 3:

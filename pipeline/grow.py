@@ -39,7 +39,7 @@ from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.growth.operator import GrowthOperator, GrowthPlan, check_plan, generation_flops
 from pipeline.metrics import read_metrics
 from pipeline.models import resized_config, resolve_shape, shape_of
-from pipeline.train import Trainer, stage_flags
+from pipeline.train import Trainer, TrainingHalted, stage_flags
 
 
 def read_donor(path: str):
@@ -153,8 +153,8 @@ class GrowStage:
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_stage_args("Grow a pretrained donor into the target shape with LiGO.", argv, stage_flags)
     try:
-        Trainer(config, args.resume, args.until_step, GrowStage(config)).fit()
-    except ConfigError as err:
+        Trainer(config, args.resume, args.until_step, GrowStage(config), overwrite=args.overwrite).fit()
+    except (ConfigError, TrainingHalted) as err:
         sys.exit(f"grow error: {err}")
     shutdown_distributed()
 

@@ -15,23 +15,28 @@ end the final weights as a Hugging Face model in <run>/hf.
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from pipeline import checkpoint
+from pipeline import __version__, checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.loader import PackedSamples, TrainBatches, validation_batches
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, deepspeed_config, init_distributed,
                              model_construction, peak_memory_gb, peak_tflops_per_rank, shutdown_distributed,
-                             training_dtype)
+                             skip_next_update, training_dtype)
 from pipeline.metrics import MetricsLogger
+from pipeline.preemption import StopRequest
+from pipeline.resume import check_launch, prepare_run_dir
 from pipeline.throughput import ThroughputMeter
 from pipeline.models import build_model, hf_config, resolve_shape, shape_of, special_token_ids
 
@@ -76,8 +81,21 @@ class PretrainStage:
                                      trainer.run_dir / "hf", trainer.rank)
 
 
+class TrainingHalted(RuntimeError):
+    """The run stopped itself (non-finite losses) after saving a checkpoint; the message says what to do."""
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over ranks and micro-batches
+    skipped: bool  # some rank's loss was NaN/inf: no rank updated
+    stop: bool  # some rank was asked to stop (SIGTERM/SIGINT)
+    data_seconds: float
+
+
 class Trainer:
-    def __init__(self, config: Config, resume: str | None, until_step: int | None = None, stage=None):
+    def __init__(self, config: Config, resume: str | None, until_step: int | None = None, stage=None,
+                 overwrite: bool = False):
         self.stage = stage or PretrainStage()
         self.config, t = config, self.stage.schedule(config)
         self.schedule = t
@@ -85,9 +103,7 @@ class Trainer:
         self.rank, self.world_size = init_distributed()
         self.run_dir = Path(config.run.dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.resuming = self._check_run_dir(resume)
         ds = deepspeed_config(t, self.world_size)  # raises on a bad batch triad before any work
-
         self.train_samples = PackedSamples(config.data.output_dir, "train")
         self.tokenizer = load_tokenizer(self.train_samples.meta["tokenizer"])
         vocab_size = self.train_samples.meta["vocab_size"]
@@ -99,6 +115,11 @@ class Trainer:
         self.val_batches = validation_batches(PackedSamples(config.data.output_dir, "validation"),
                                               t.micro_batch_size, t.eval_batches, self.rank, self.world_size)
         self.target_config = hf_config(resolve_shape(config.model), vocab_size, special_token_ids(self.tokenizer))
+        self.resume_from = check_launch(self.run_dir, resume, overwrite, config, self.world_size,
+                                        ds["train_batch_size"], self.train_samples.meta["key"])
+        dist.barrier()  # every rank has decided before rank 0 changes the run dir
+        if self.rank == 0:
+            prepare_run_dir(self.run_dir, self.resume_from, overwrite, config)
 
         seed_everything(t.seed)  # the same initial weights for the same seed, whatever ran before
         model = self.stage.build_model(config, self.target_config, ds)
@@ -113,53 +134,38 @@ class Trainer:
             self.stage.hardware_flops_per_token(config, vocab_size), peak_tflops, t.throughput_warmup_steps)
 
         self.progress = self._progress(0)
-        if self.resuming:
+        if self.resume_from is not None:
             self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank)
-        elif self.rank == 0:
-            config.save(self.run_dir / "config.yaml")
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, self.progress["step"])
+        self.stop = StopRequest(t.preemption_grace_s)
+        self.skipped_in_a_row = 0
 
     def _progress(self, step: int) -> dict:
-        """What a checkpoint records about the run's position (DeepSpeed saves none of it)."""
+        """What a checkpoint records about the run (DeepSpeed saves none of it); see pipeline/resume.py."""
         return {"step": step, "consumed_samples": step * self.engine.train_batch_size(),
-                "consumed_tokens": step * self.tokens_per_step, "world_size": self.world_size}
+                "consumed_tokens": step * self.tokens_per_step, "world_size": self.world_size,
+                "global_batch": self.engine.train_batch_size(), "data_key": self.train_samples.meta["key"],
+                "config": self.config.to_dict(), "pipeline_version": __version__}
 
-    def _check_run_dir(self, resume: str | None) -> bool:
-        """Never start a fresh run over an existing one; never 'resume' a run that changed its config."""
-        saved_config = self.run_dir / "config.yaml"
-        has_checkpoint = checkpoint.latest_tag(self.checkpoint_dir) is not None
-        if resume is None:
-            if has_checkpoint:
-                raise ConfigError(f"{self.run_dir} already holds a run: pass --resume auto to continue it, "
-                                  f"or choose a new run.dir")
-            if self.rank == 0:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-            return False
-        if not has_checkpoint:
-            if self.rank == 0:
-                print(f"[{self.stage.name}] --resume auto: no checkpoint in {self.checkpoint_dir}, starting fresh", flush=True)
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-            return False
-        if not saved_config.exists():
-            raise ConfigError(f"{self.run_dir} has checkpoints but no config.yaml: cannot check that this is the "
-                              f"same run; restore the file or start a new run.dir")
-        if saved_config.read_text() != self.config.to_yaml():
-            raise ConfigError(f"the config differs from the one {self.run_dir} was started with "
-                              f"({saved_config}); resuming would not continue the same run")
-        return True
-
-    def train_step(self, step: int) -> tuple[float, float]:
-        """One optimizer step; returns this rank's mean loss and the seconds spent fetching data."""
+    def train_step(self, step: int) -> StepResult:
+        """One optimizer step. Before the update, one collective shares the loss, whether any rank saw a
+        non-finite loss (then no rank updates) and whether any rank was asked to stop."""
         losses, data_seconds = [], 0.0
-        for micro_step in range(self.schedule.grad_accum_steps):
+        accum = self.schedule.grad_accum_steps
+        for micro_step in range(accum):
             fetch_start = time.perf_counter()
             input_ids = self.batches.batch(step, micro_step).to(self.engine.device)
             data_seconds += time.perf_counter() - fetch_start
             loss = self.engine(input_ids=input_ids, labels=input_ids).loss
             self.engine.backward(loss)
-            self.engine.step()  # DeepSpeed applies the update only at the accumulation boundary
             losses.append(loss.item())
-        return sum(losses) / len(losses), data_seconds
+            if micro_step == accum - 1:
+                local_loss = sum(losses) / accum
+                mean_loss, nonfinite, stop = all_reduce_mean(
+                    [local_loss, float(not math.isfinite(local_loss)), float(self.stop.requested)])
+                skip_next_update(self.engine, nonfinite > 0)
+            self.engine.step()  # DeepSpeed applies the update only at the accumulation boundary
+        return StepResult(mean_loss, nonfinite > 0, stop > 0, data_seconds)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -177,12 +183,14 @@ class Trainer:
         while step < self.until_step:
             lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside it)
             step_start = time.perf_counter()
-            local_loss, data_seconds = self.train_step(step)
-            loss = all_reduce_mean([local_loss])[0]
-            self.meter.record(time.perf_counter() - step_start, data_seconds)
+            result = self.train_step(step)
+            self.meter.record(time.perf_counter() - step_start, result.data_seconds)
             step += 1
             self.progress = self._progress(step)
-            scalars = {"train/loss": loss, "train/lr": lr}
+            scalars = {"train/loss": result.loss, "train/lr": lr}
+            self.skipped_in_a_row = self.skipped_in_a_row + 1 if result.skipped else 0
+            if result.skipped:
+                scalars["train/skipped_steps_in_a_row"] = self.skipped_in_a_row
             grad_norm = self.engine.get_global_grad_norm()
             if grad_norm is not None:
                 scalars["train/grad_norm"] = float(grad_norm)
@@ -192,10 +200,22 @@ class Trainer:
             if step % t.eval_interval == 0 or step == t.steps:
                 scalars["val/loss"] = self.validate()
             self.log(step, scalars)
-            if step % t.checkpoint_interval == 0 or step == self.until_step:
-                checkpoint.save(self.engine, self.checkpoint_dir, self.progress, self.rank)
+            too_many_skipped = self.skipped_in_a_row > t.max_skipped_steps
+            if step % t.checkpoint_interval == 0 or step == self.until_step or result.stop or too_many_skipped:
+                checkpoint.save(self.engine, self.checkpoint_dir, self.progress, self.rank, t.keep_checkpoints)
+            if too_many_skipped:
+                raise TrainingHalted(f"the loss was NaN/inf on {self.skipped_in_a_row} steps in a row (up to step {step}; "
+                                     f"train.max_skipped_steps={t.max_skipped_steps}); those steps were skipped and "
+                                     f"checkpoint step{step} holds the last good weights. Lower train.lr or inspect "
+                                     f"the data, then --resume auto (or --resume force after a config change)")
+            if result.stop:
+                if self.rank == 0:
+                    print(f"[{self.stage.name}] stop requested (SIGTERM/SIGINT): checkpoint step{step} written; "
+                          f"continue with --resume auto", flush=True)
+                break
+        self.stop.close()
         if step < t.steps:
-            if self.rank == 0:
+            if self.rank == 0 and step == self.until_step:
                 print(f"[{self.stage.name}] stopped at step {step} (--until-step); continue with --resume auto",
                       flush=True)
         else:
@@ -215,8 +235,11 @@ CONSOLE_PERF = ("perf/tokens_per_s", "perf/step_time_s", "perf/mfu", "perf/peak_
 
 
 def stage_flags(parser) -> None:
-    parser.add_argument("--resume", choices=["auto"], default=None,
-                        help="continue from the newest checkpoint in <run.dir>/checkpoints (fresh start if none)")
+    parser.add_argument("--resume", choices=["auto", "force"], default=None,
+                        help="continue from the newest checkpoint in <run.dir>/checkpoints (fresh start if none); "
+                             "'force' accepts a changed config (pipeline/resume.py)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in a run.dir that holds one (its checkpoints and logs are removed)")
     parser.add_argument("--until-step", dest="until_step", type=int, default=None,
                         help="stop after this step with a checkpoint (time-limited jobs); the LR schedule still "
                              "spans train.steps")
@@ -227,8 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         "Pretrain a causal LM under DeepSpeed.", argv,
         stage_flags)
     try:
-        Trainer(config, args.resume, args.until_step).fit()
-    except ConfigError as err:
+        Trainer(config, args.resume, args.until_step, overwrite=args.overwrite).fit()
+    except (ConfigError, TrainingHalted) as err:
         sys.exit(f"train error: {err}")
     shutdown_distributed()
 

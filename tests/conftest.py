@@ -33,12 +33,26 @@ def prepared(tmp_path_factory):
     return root, config, meta
 
 
-def run_deepspeed(module_args: list[str], timeout: int = 600, expect_ok: bool = True) -> subprocess.CompletedProcess:
-    """2 CPU ranks through the real `deepspeed` launcher, as users run it."""
+def start_deepspeed(module_args: list[str], env: dict | None = None, output=subprocess.PIPE) -> subprocess.Popen:
+    """2 CPU ranks through the real `deepspeed` launcher, as users run it, in a new process group
+    (os.killpg takes down the launcher and its workers). `output`: PIPE, or a file for a process
+    nobody reads from while it runs."""
     port = free_port()
     cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), *module_args]
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=output,
+                            stderr=subprocess.STDOUT if output is not subprocess.PIPE else subprocess.PIPE, text=True,
+                            start_new_session=True)
+    proc.port = port
+    return proc
+
+
+def run_deepspeed(module_args: list[str], timeout: int = 600, expect_ok: bool = True,
+                  env: dict | None = None) -> subprocess.CompletedProcess:
+    launched = start_deepspeed(module_args, env)
+    stdout, stderr = launched.communicate(timeout=timeout)
+    proc = subprocess.CompletedProcess(launched.args, launched.returncode, stdout, stderr)
+    cmd, port = launched.args, launched.port
     if expect_ok and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     # DeepSpeed's CPU shared-memory segments must not outlive the run (pipeline.engine removes them)

@@ -1,0 +1,97 @@
+"""Whether a launch may start or resume in its run directory, decided before any expensive work.
+
+    fresh start   refused over a directory that holds checkpoints, unless --overwrite (which then
+                  removes the old run's checkpoints, logs and exports; nothing else is touched)
+    --resume auto continues the newest complete checkpoint. Refused if the config changed in a way
+                  that breaks an exact continuation (anything but the keys below), the data
+                  directory was re-prepared from other inputs, or the world size changed
+    --resume force  continues despite config changes (the new config is recorded; the old one is
+                  kept as config.step<N>.yaml), still refusing changed data and world size
+
+The comparison is against the config the checkpoint was *written* with (its progress.json), not the
+run's config.yaml, which a user may have edited.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pipeline import checkpoint
+from pipeline.config import Config, ConfigError
+
+# Changing these does not change the sequence of weights: logging, evaluation, saving, throughput
+# accounting, the non-finite-loss limit.
+HARMLESS_KEYS = {"train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint_interval",
+                 "train.keep_checkpoints", "train.throughput_warmup_steps", "train.peak_tflops", "train.save_hf",
+                 "train.preemption_grace_s", "train.max_skipped_steps", "data.num_proc"}
+# The per-rank split of a step's batch may change as long as the global batch (the data order) does not.
+BATCH_SPLIT_KEYS = {"train.micro_batch_size", "train.grad_accum_steps", "train.global_batch_size"}
+RUN_FILES = ("checkpoints", "tb", "metrics.jsonl", "hf", "config.yaml", "operator.pt", "operator.json", "report.json")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def breaking_changes(saved: dict, current: dict) -> list[str]:
+    """`key: old -> new` for every change that breaks an exact continuation."""
+    old, new = flatten(saved), flatten(current)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in HARMLESS_KEYS)
+    if not any(k not in BATCH_SPLIT_KEYS for k in changed):
+        changed = []  # only the per-rank split changed: the caller checks the global batch
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+
+
+def check_launch(run_dir: Path, mode: str | None, overwrite: bool, config: Config, world_size: int,
+                 global_batch: int, data_key: str) -> dict | None:
+    """Returns the progress of the checkpoint to resume from, or None for a fresh start. Read-only:
+    every rank runs it; `prepare_run_dir` (rank 0) acts on the decision."""
+    tag = checkpoint.latest_tag(run_dir / "checkpoints")
+    if mode is None:
+        if tag is not None and not overwrite:
+            raise ConfigError(f"{run_dir} already holds a run: pass --resume auto to continue it, --overwrite to "
+                              f"replace it, or choose a new run.dir")
+        return None
+    if overwrite:
+        raise ConfigError("--overwrite starts a new run; it cannot be combined with --resume")
+    if tag is None:
+        return None
+    progress = checkpoint.read_progress(run_dir / "checkpoints", tag)
+    where = run_dir / "checkpoints" / tag
+    if progress["world_size"] != world_size:
+        raise ConfigError(f"{where} was written by {progress['world_size']} ranks, this launch has {world_size}: "
+                          f"resume with {progress['world_size']} ranks")
+    if progress["global_batch"] != global_batch:
+        raise ConfigError(f"{where} was trained with a global batch of {progress['global_batch']} samples, this "
+                          f"launch has {global_batch}: keep micro_batch_size x grad_accum_steps x ranks equal")
+    if progress["data_key"] != data_key:
+        raise ConfigError(f"{config.data.output_dir} was re-prepared from other inputs since {where} was written: "
+                          f"the data order would not continue; restore the data or start a new run.dir")
+    changes = breaking_changes(progress["config"], config.to_dict())
+    if changes and mode != "force":
+        raise ConfigError(f"the config differs from the one {where} was written with, so the run would not "
+                          f"continue exactly: {'; '.join(changes)}. Revert these, or pass --resume force")
+    return progress
+
+
+def prepare_run_dir(run_dir: Path, resuming: dict | None, overwrite: bool, config: Config) -> None:
+    """Rank 0, after `check_launch` accepted the launch: clear an overwritten run, record the config."""
+    if overwrite:
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.yaml"
+    if resuming is not None and saved.exists() and saved.read_text() != config.to_yaml():
+        saved.rename(run_dir / f"config.step{resuming['step']}.yaml")  # the config the run had until then
+    config.save(saved)

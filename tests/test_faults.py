@@ -1,0 +1,117 @@
+"""Faults during training, 2 CPU ranks through the `deepspeed` launcher: kill -9 at random steps,
+SIGTERM, a crash in the middle of a checkpoint save. Each time the resumed run must end exactly
+where an uninterrupted run ends: the same per-step losses, LRs, grad norms, validation losses and
+final weights."""
+
+import os
+import random
+import signal
+import time
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import data_overrides, run_deepspeed, start_deepspeed
+from pipeline.metrics import read_metrics
+
+pytestmark = pytest.mark.distributed
+
+RUN = ["model.size=llama-nano", "train.steps=24", "train.warmup_steps=2", "train.eval_interval=8",
+       "train.eval_batches=2", "train.log_interval=1", "train.checkpoint_interval=2", "train.keep_checkpoints=2"]
+
+
+def args(run_dir, root, ds_config, flags=(), extra=()):
+    return ["--module", "pipeline.train", "--config", "tiny", *flags, f"run.dir={run_dir}", *data_overrides(root),
+            *RUN, f"train.deepspeed_config={ds_config}", *extra]
+
+
+def deterministic(run_dir):
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(run_dir)]
+
+
+def last_step(run_dir) -> int:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return max((int(line.split('"step": ')[1].split(",")[0]) for line in lines if line), default=-1)
+
+
+def wait_for_step(proc, run_dir, step, timeout=300):
+    deadline = time.time() + timeout
+    while last_step(run_dir) < step:
+        assert proc.poll() is None, f"the run ended before step {step}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+def assert_same_run(run_dir, reference_dir):
+    assert deterministic(run_dir) == deterministic(reference_dir)
+    got, expected = load_file(run_dir / "hf" / "model.safetensors"), load_file(reference_dir / "hf" / "model.safetensors")
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+@pytest.fixture(scope="module")
+def references(prepared, tmp_path_factory):
+    """One uninterrupted run per ZeRO stage, shared by the tests below."""
+    root, _, _ = prepared
+    cache = {}
+
+    def reference(ds_config):
+        if ds_config not in cache:
+            run_dir = tmp_path_factory.mktemp(f"reference-{ds_config}")
+            run_deepspeed(args(run_dir, root, ds_config))
+            cache[ds_config] = run_dir
+        return cache[ds_config]
+    return reference
+
+
+@pytest.mark.parametrize("ds_config", ["zero2", "zero3"])
+def test_kill_9_at_random_steps_then_resume_is_exact(prepared, references, tmp_path, ds_config):
+    root, _, _ = prepared
+    reference = references(ds_config)
+    rng = random.Random(ds_config)
+    kill_steps = sorted(rng.sample(range(3, 22), 3))
+    for kill_step in kill_steps:
+        with open(tmp_path / f"kill{kill_step}.log", "w") as log:
+            proc = start_deepspeed(args(tmp_path / "run", root, ds_config, ["--resume", "auto"]), output=log)
+            wait_for_step(proc, tmp_path / "run", kill_step)
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, mid-step or mid-save
+            proc.wait()
+    run_deepspeed(args(tmp_path / "run", root, ds_config, ["--resume", "auto"]))
+    assert_same_run(tmp_path / "run", reference)
+
+
+def test_sigterm_checkpoints_exits_0_and_resumes_exactly(prepared, references, tmp_path):
+    root, _, _ = prepared
+    run_dir = tmp_path / "run"
+    no_periodic = ["train.checkpoint_interval=100"]  # the only checkpoint is the one SIGTERM asks for
+    proc = start_deepspeed(args(run_dir, root, "zero2", extra=no_periodic), output=open(tmp_path / "log", "w"))
+    wait_for_step(proc, run_dir, 5)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "--local_rank" in " ".join(p.cmdline())]  # not the launcher processes
+    assert len(workers) == 2
+    workers[1].send_signal(signal.SIGTERM)  # one rank only: both must agree to stop at the same step
+    assert proc.wait(timeout=120) == 0
+    output = (tmp_path / "log").read_text()
+    assert "stop requested (SIGTERM/SIGINT)" in output
+    tag = (run_dir / "checkpoints" / "latest").read_text()
+    assert 5 <= int(tag.removeprefix("step")) < 24 and not (run_dir / "hf").exists()
+    assert len(list((run_dir / "checkpoints").glob("step*"))) == 1
+    run_deepspeed(args(run_dir, root, "zero2", ["--resume", "auto"], no_periodic))
+    assert_same_run(run_dir, references("zero2"))
+
+
+def test_crash_during_save_resumes_from_the_previous_checkpoint(prepared, references, tmp_path):
+    root, _, _ = prepared
+    run_dir = tmp_path / "run"
+    crashed = run_deepspeed(args(run_dir, root, "zero2"), expect_ok=False,
+                            env={"PIPELINE_TEST_CRASH_IN_SAVE": "step6"})  # dies after writing its files
+    assert crashed.returncode != 0
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "step4"
+    assert (checkpoints / "step6").exists()  # the incomplete save is left, never pointed to
+    run_deepspeed(args(run_dir, root, "zero2", ["--resume", "auto"]))
+    assert_same_run(run_dir, references("zero2"))
+    # train.keep_checkpoints=2: only the newest two complete checkpoints remain
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step")) == ["step22", "step24"]
