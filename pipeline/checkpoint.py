@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 
@@ -54,7 +55,7 @@ def read_progress(checkpoint_dir: Path, tag: str) -> dict:
                           f"version; point `latest` at an earlier step<N> or start a new run.dir") from err
 
 
-def save(engine, checkpoint_dir: Path, progress: dict, rank: int, keep: int = 0) -> None:
+def save(engine, checkpoint_dir: Path, progress: dict, rank: int, keep: int = 0, model_config=None) -> None:
     """Collective: every rank must call it at the same step. The checkpoint becomes `latest` only once
     every rank's files (DeepSpeed's and ours) are written, so a kill mid-save leaves the previous
     checkpoint as the one to resume from. Then all but the newest `keep` complete ones go (0: keep all)."""
@@ -64,6 +65,8 @@ def save(engine, checkpoint_dir: Path, progress: dict, rank: int, keep: int = 0)
     torch.save(_rng_state(), checkpoint_dir / tag / f"rng_rank{rank}.pt")
     if rank == 0:
         (checkpoint_dir / tag / "progress.json").write_text(json.dumps(progress, indent=1))
+        if model_config is not None:
+            model_config.to_json_file(checkpoint_dir / tag / "config.json")
     if os.environ.get("PIPELINE_TEST_CRASH_IN_SAVE") == tag:  # fault-injection hook of tests/test_faults.py
         os._exit(17)
     dist.barrier()
@@ -96,23 +99,38 @@ def load(engine, checkpoint_dir: Path, rank: int) -> dict:
     return progress
 
 
+def consolidated_state_dict(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The full fp32 weights of a checkpoint, offline (no process group). ZeRO 1-3: merged from every
+    rank's fp32 master partitions by DeepSpeed's zero_to_fp32 (tied weights restored); ZeRO-0: the
+    module state, which is the full model."""
+    if zero_stage == 0:
+        state = torch.load(checkpoint_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return {name: value.float() for name, value in state["module"].items()}
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+
+
 def save_hf_model(engine, hf_config, tokenizer, out_dir: Path, rank: int) -> None:
     """Write the engine's weights as a plain Hugging Face model dir. Collective."""
     write_hf_dir(full_fp32_state_dict(engine, rank), hf_config, tokenizer, out_dir, rank)
 
 
-def write_hf_dir(state: dict, hf_config, tokenizer, out_dir: Path, rank: int, max_shard_size: str = "2GB") -> None:
-    """Rank 0 writes ``state`` (HF names) as sharded safetensors + config + tokenizer, which
-    ``AutoModelForCausalLM.from_pretrained`` loads. All ranks call it (it ends with a barrier)."""
+def write_hf_dir(state: dict, hf_config, tokenizer, out_dir: Path, rank: int) -> None:
+    """Rank 0 writes the model dir; all ranks call it (it ends with a barrier)."""
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
-                                                   max_shard_size=max_shard_size)
-        for filename, names in split.filename_to_tensors.items():
-            save_file({n: state[n].contiguous() for n in names}, out_dir / filename, metadata={"format": "pt"})
-        if split.is_sharded:
-            index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-            (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        hf_config.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        write_hf_files(state, hf_config, tokenizer, out_dir)
     dist.barrier()
+
+
+def write_hf_files(state: dict, hf_config, tokenizer, out_dir: Path, max_shard_size: str = "2GB") -> None:
+    """``state`` (HF names) as sharded safetensors + config + tokenizer, which
+    ``AutoModelForCausalLM.from_pretrained`` loads."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: state[n].contiguous() for n in names}, out_dir / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    hf_config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

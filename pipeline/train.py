@@ -145,7 +145,8 @@ class Trainer:
         return {"step": step, "consumed_samples": step * self.engine.train_batch_size(),
                 "consumed_tokens": step * self.tokens_per_step, "world_size": self.world_size,
                 "global_batch": self.engine.train_batch_size(), "data_key": self.train_samples.meta["key"],
-                "config": self.config.to_dict(), "pipeline_version": __version__}
+                "config": self.config.to_dict(), "pipeline_version": __version__, "stage": self.stage.name,
+                "zero_stage": self.engine.zero_optimization_stage()}
 
     def train_step(self, step: int) -> StepResult:
         """One optimizer step. Before the update, one collective shares the loss, whether any rank saw a
@@ -202,7 +203,8 @@ class Trainer:
             self.log(step, scalars)
             too_many_skipped = self.skipped_in_a_row > t.max_skipped_steps
             if step % t.checkpoint_interval == 0 or step == self.until_step or result.stop or too_many_skipped:
-                checkpoint.save(self.engine, self.checkpoint_dir, self.progress, self.rank, t.keep_checkpoints)
+                checkpoint.save(self.engine, self.checkpoint_dir, self.progress, self.rank, t.keep_checkpoints,
+                                self.engine.module.config)
             if too_many_skipped:
                 raise TrainingHalted(f"the loss was NaN/inf on {self.skipped_in_a_row} steps in a row (up to step {step}; "
                                      f"train.max_skipped_steps={t.max_skipped_steps}); those steps were skipped and "

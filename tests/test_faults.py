@@ -3,6 +3,8 @@ SIGTERM, a crash in the middle of a checkpoint save. Each time the resumed run m
 where an uninterrupted run ends: the same per-step losses, LRs, grad norms, validation losses and
 final weights."""
 
+import json
+import math
 import os
 import random
 import signal
@@ -115,3 +117,35 @@ def test_crash_during_save_resumes_from_the_previous_checkpoint(prepared, refere
     assert_same_run(run_dir, references("zero2"))
     # train.keep_checkpoints=2: only the newest two complete checkpoints remain
     assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step")) == ["step22", "step24"]
+
+
+def nonfinite_run(tmp_path, root, nan_steps, *extra):
+    out = tmp_path / "fingerprints"
+    run_deepspeed(["tests/nonfinite_check.py", str(out), "--config", "tiny", f"run.dir={tmp_path / 'run'}",
+                   *data_overrides(root), *RUN, "train.steps=8", "train.deepspeed_config=zero2", *extra],
+                  env={"PIPELINE_TEST_NAN_STEPS": ",".join(map(str, nan_steps))})
+    return [json.loads((tmp_path / f"fingerprints.rank{r}").read_text()) for r in (0, 1)]
+
+
+def test_a_nan_loss_on_one_rank_skips_the_step_on_all_ranks(prepared, tmp_path):
+    root, _, _ = prepared
+    ranks = nonfinite_run(tmp_path, root, [4])
+    for rank in ranks:
+        assert rank["outcome"] == "finished"
+        steps = rank["steps"]
+        assert [s["skipped"] for s in steps] == [False] * 4 + [True] + [False] * 3
+        assert steps[4]["fingerprint"] == steps[3]["fingerprint"]  # no update, not even a partial one
+        assert steps[5]["fingerprint"] != steps[4]["fingerprint"]  # and training goes on
+    records = read_metrics(tmp_path / "run")
+    assert [r.get("train/skipped_steps_in_a_row") for r in records if r["step"] == 5] == [1]
+    assert all(math.isfinite(r["train/loss"]) for r in records if "train/loss" in r and r["step"] != 5)
+
+
+def test_too_many_nan_steps_stop_with_a_checkpoint_of_the_last_good_weights(prepared, tmp_path):
+    root, _, _ = prepared
+    ranks = nonfinite_run(tmp_path, root, [4, 5, 6, 7], "train.max_skipped_steps=1")
+    for rank in ranks:
+        assert rank["outcome"].startswith("halted: the loss was NaN/inf on 2 steps in a row")
+        steps = rank["steps"]
+        assert len(steps) == 6 and steps[5]["fingerprint"] == steps[3]["fingerprint"]
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step6"
