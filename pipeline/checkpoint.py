@@ -16,11 +16,13 @@ import random
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
@@ -86,17 +88,42 @@ def _remove_old_checkpoints(checkpoint_dir: Path, latest_step: int, keep: int) -
                    if (m := re.fullmatch(r"step(\d+)", p.name)) and int(m.group(1)) <= latest_step)
     for step in steps[:-keep]:
         shutil.rmtree(checkpoint_dir / f"step{step}")
+        shutil.rmtree(checkpoint_dir / universal_tag(f"step{step}"), ignore_errors=True)
 
 
-def load(engine, checkpoint_dir: Path, rank: int) -> dict:
-    """Restore the engine and RNG from the newest checkpoint; returns the saved progress."""
+def load(engine, checkpoint_dir: Path, rank: int, universal: bool = False) -> dict:
+    """Restore the engine and RNG from the newest checkpoint; returns the saved progress. With
+    `universal`, from its universal form (another world size; see `convert_to_universal`): a rank
+    that did not exist then keeps its seeded RNG (the models here draw no random numbers in training)."""
     tag = latest_tag(checkpoint_dir)
-    path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    try:
+        path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=universal_tag(tag) if universal else tag)
+    except Exception as err:  # DeepSpeed raises assorted errors for missing or truncated files
+        raise ConfigError(f"cannot load checkpoint {checkpoint_dir / tag} ({type(err).__name__}: {err}); restore its "
+                          f"files, or resume from an earlier checkpoint by writing its name into "
+                          f"{checkpoint_dir / 'latest'}") from err
     if path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {checkpoint_dir / str(tag)}")
-    progress = client_state["progress"]
-    _set_rng_state(torch.load(checkpoint_dir / tag / f"rng_rank{rank}.pt", weights_only=False))
-    return progress
+        raise ConfigError(f"DeepSpeed found no loadable checkpoint in {checkpoint_dir / tag}")
+    rng = checkpoint_dir / tag / f"rng_rank{rank}.pt"
+    if rng.exists():
+        _set_rng_state(torch.load(rng, weights_only=False))
+    return client_state["progress"]
+
+
+def universal_tag(tag: str) -> str:
+    return f"{tag}_universal"
+
+
+def convert_to_universal(checkpoint_dir: Path, tag: str) -> None:
+    """DeepSpeed's universal checkpoint of ZeRO 1-3 `tag` (per-parameter fp32 weights and Adam moments,
+    independent of the world size) beside it, unless already there. One process, offline."""
+    out = checkpoint_dir / universal_tag(tag)
+    if (out / "zero" / "optimizer_state.pt").exists():
+        return
+    print(f"[checkpoint] converting {checkpoint_dir / tag} to a universal checkpoint for a new world size", flush=True)
+    ds_to_universal(SimpleNamespace(input_folder=str(checkpoint_dir / tag), output_folder=str(out),
+                                    num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                    strict=True, inject_missing_state=True))
 
 
 def consolidated_state_dict(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:

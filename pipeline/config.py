@@ -111,7 +111,8 @@ class TrainConfig:
     eval_interval: int = 50
     """Validate every this many steps (and at the end)."""
     eval_batches: int = 4
-    """Validation micro-batches per rank: a fixed set, identical count on every rank."""
+    """Validation set size in global batches: the first eval_batches x global-batch samples of the
+    validation split, the same whatever the number of ranks (identical count on every rank)."""
     checkpoint_interval: int = 100
     """Save a DeepSpeed checkpoint every this many steps (and at the end)."""
     keep_checkpoints: int = 3

@@ -124,6 +124,13 @@ class AdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
+def restore_param_group_settings(engine, train: TrainConfig) -> None:
+    """After loading a universal checkpoint, ZeRO-3 gives every param group group 0's settings
+    (deepspeed/runtime/zero/stage3.py, load of universal optimizer state): put weight decay back."""
+    for group, decay in zip(engine.client_optimizer.param_groups, (train.weight_decay, 0.0)):
+        group["weight_decay"] = decay
+
+
 def skip_next_update(engine, skip: bool) -> None:
     engine.client_optimizer.skip_next_update = skip
 

@@ -4,7 +4,9 @@
                   removes the old run's checkpoints, logs and exports; nothing else is touched)
     --resume auto continues the newest complete checkpoint. Refused if the config changed in a way
                   that breaks an exact continuation (anything but the keys below), the data
-                  directory was re-prepared from other inputs, or the world size changed
+                  directory was re-prepared from other inputs, or the global batch changed. Another
+                  world size is fine: ZeRO 1-3 checkpoints go through DeepSpeed's universal format
+                  (pipeline/checkpoint.py), the data order continues by global sample index
     --resume force  continues despite config changes (the new config is recorded; the old one is
                   kept as config.step<N>.yaml), still refusing changed data and world size
 
@@ -65,12 +67,10 @@ def check_launch(run_dir: Path, mode: str | None, overwrite: bool, config: Confi
         return None
     progress = checkpoint.read_progress(run_dir / "checkpoints", tag)
     where = run_dir / "checkpoints" / tag
-    if progress["world_size"] != world_size:
-        raise ConfigError(f"{where} was written by {progress['world_size']} ranks, this launch has {world_size}: "
-                          f"resume with {progress['world_size']} ranks")
     if progress["global_batch"] != global_batch:
         raise ConfigError(f"{where} was trained with a global batch of {progress['global_batch']} samples, this "
-                          f"launch has {global_batch}: keep micro_batch_size x grad_accum_steps x ranks equal")
+                          f"launch has {global_batch}: keep micro_batch_size x grad_accum_steps x ranks equal (e.g. "
+                          f"double grad_accum_steps when halving the ranks)")
     if progress["data_key"] != data_key:
         raise ConfigError(f"{config.data.output_dir} was re-prepared from other inputs since {where} was written: "
                           f"the data order would not continue; restore the data or start a new run.dir")

@@ -32,8 +32,8 @@ from pipeline.data.loader import PackedSamples, TrainBatches, validation_batches
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, deepspeed_config, init_distributed,
-                             model_construction, peak_memory_gb, peak_tflops_per_rank, shutdown_distributed,
-                             skip_next_update, training_dtype)
+                             model_construction, peak_memory_gb, peak_tflops_per_rank, restore_param_group_settings,
+                             shutdown_distributed, skip_next_update, training_dtype)
 from pipeline.metrics import MetricsLogger
 from pipeline.preemption import StopRequest
 from pipeline.resume import check_launch, prepare_run_dir
@@ -112,14 +112,24 @@ class Trainer:
                               f"the recipe says data.seq_len={config.data.seq_len}: re-run prepare")
         self.batches = TrainBatches(self.train_samples, config.data.order_seed, t.micro_batch_size,
                                     t.grad_accum_steps, self.rank, self.world_size)
+        # eval_batches global batches: the same samples whatever the world size and accumulation split
         self.val_batches = validation_batches(PackedSamples(config.data.output_dir, "validation"),
-                                              t.micro_batch_size, t.eval_batches, self.rank, self.world_size)
+                                              t.micro_batch_size, t.eval_batches * t.grad_accum_steps,
+                                              self.rank, self.world_size)
         self.target_config = hf_config(resolve_shape(config.model), vocab_size, special_token_ids(self.tokenizer))
         self.resume_from = check_launch(self.run_dir, resume, overwrite, config, self.world_size,
                                         ds["train_batch_size"], self.train_samples.meta["key"])
+        # a new world size: ZeRO 1-3 partitions are per rank, so load DeepSpeed's universal form
+        self.universal = (self.resume_from is not None and self.resume_from["world_size"] != self.world_size
+                          and self.resume_from["zero_stage"] > 0)
         dist.barrier()  # every rank has decided before rank 0 changes the run dir
         if self.rank == 0:
             prepare_run_dir(self.run_dir, self.resume_from, overwrite, config)
+            if self.universal:
+                checkpoint.convert_to_universal(self.checkpoint_dir, checkpoint.latest_tag(self.checkpoint_dir))
+        if self.universal:
+            dist.barrier()
+            ds["checkpoint"] = {"load_universal": True}
 
         seed_everything(t.seed)  # the same initial weights for the same seed, whatever ran before
         model = self.stage.build_model(config, self.target_config, ds)
@@ -135,7 +145,9 @@ class Trainer:
 
         self.progress = self._progress(0)
         if self.resume_from is not None:
-            self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank)
+            self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank, self.universal)
+            if self.universal:
+                restore_param_group_settings(self.engine, t)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, self.progress["step"])
         self.stop = StopRequest(t.preemption_grace_s)
         self.skipped_in_a_row = 0

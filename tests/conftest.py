@@ -33,12 +33,13 @@ def prepared(tmp_path_factory):
     return root, config, meta
 
 
-def start_deepspeed(module_args: list[str], env: dict | None = None, output=subprocess.PIPE) -> subprocess.Popen:
-    """2 CPU ranks through the real `deepspeed` launcher, as users run it, in a new process group
+def start_deepspeed(module_args: list[str], env: dict | None = None, output=subprocess.PIPE,
+                    ranks: int = 2) -> subprocess.Popen:
+    """`ranks` (2) CPU ranks through the real `deepspeed` launcher, as users run it, in a new process group
     (os.killpg takes down the launcher and its workers). `output`: PIPE, or a file for a process
     nobody reads from while it runs."""
     port = free_port()
-    cmd = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), *module_args]
+    cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(port), *module_args]
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=output,
                             stderr=subprocess.STDOUT if output is not subprocess.PIPE else subprocess.PIPE, text=True,
@@ -48,8 +49,8 @@ def start_deepspeed(module_args: list[str], env: dict | None = None, output=subp
 
 
 def run_deepspeed(module_args: list[str], timeout: int = 600, expect_ok: bool = True,
-                  env: dict | None = None) -> subprocess.CompletedProcess:
-    launched = start_deepspeed(module_args, env)
+                  env: dict | None = None, ranks: int = 2) -> subprocess.CompletedProcess:
+    launched = start_deepspeed(module_args, env, ranks=ranks)
     stdout, stderr = launched.communicate(timeout=timeout)
     proc = subprocess.CompletedProcess(launched.args, launched.returncode, stdout, stderr)
     cmd, port = launched.args, launched.port

@@ -149,3 +149,23 @@ def test_too_many_nan_steps_stop_with_a_checkpoint_of_the_last_good_weights(prep
         steps = rank["steps"]
         assert len(steps) == 6 and steps[5]["fingerprint"] == steps[3]["fingerprint"]
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step6"
+
+
+@pytest.mark.parametrize("ds_config", ["zero2", "zero3"])
+def test_resume_on_1_rank_then_back_on_2_through_universal_checkpoints(prepared, references, tmp_path, ds_config):
+    """2 ranks -> 1 rank (grad accumulation doubled: same global batch, same data order) -> 2 ranks.
+    Not bit-identical (sums are reduced in another order), but the losses continue the reference's."""
+    root, _, _ = prepared
+    run_dir = tmp_path / "run"
+    run_deepspeed(args(run_dir, root, ds_config, ["--until-step", "8"]))
+    one_rank = run_deepspeed(args(run_dir, root, ds_config, ["--resume", "auto", "--until-step", "16"],
+                                  ["train.grad_accum_steps=2"]), ranks=1)
+    assert "converting" in one_rank.stdout  # (later saves removed it again: train.keep_checkpoints=2)
+    run_deepspeed(args(run_dir, root, ds_config, ["--resume", "auto"]))
+    got, expected = deterministic(run_dir), deterministic(references(ds_config))
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    for mine, theirs in zip(got, expected):
+        assert mine.get("train/lr") == theirs.get("train/lr")
+        for key in ("train/loss", "val/loss"):
+            if key in theirs:
+                assert mine[key] == pytest.approx(theirs[key], rel=2e-3), (mine["step"], key)
