@@ -48,6 +48,21 @@ def _set_rng_state(state: dict) -> None:
     get_accelerator().set_rng_state(state["accelerator"])
 
 
+def check_files(checkpoint_dir: Path, tag: str) -> None:
+    """Every file the save recorded is there with its size (cheap: no tensor is read)."""
+    where = checkpoint_dir / tag
+    try:
+        recorded = json.loads((where / "manifest.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{where / 'manifest.json'} is missing or unreadable ({err}): the checkpoint is incomplete; "
+                          f"resume from an earlier one by writing its name into {checkpoint_dir / 'latest'}") from err
+    damaged = [f"{name} ({'missing' if not (where / name).exists() else 'size changed'})"
+               for name, size in recorded.items() if not (where / name).exists() or (where / name).stat().st_size != size]
+    if damaged:
+        raise ConfigError(f"checkpoint {where} is damaged: {', '.join(damaged)}. Restore the files, or resume from "
+                          f"an earlier checkpoint by writing its name (e.g. step100) into {checkpoint_dir / 'latest'}")
+
+
 def read_progress(checkpoint_dir: Path, tag: str) -> dict:
     path = checkpoint_dir / tag / "progress.json"
     try:
@@ -73,6 +88,10 @@ def save(engine, checkpoint_dir: Path, progress: dict, rank: int, keep: int = 0,
         os._exit(17)
     dist.barrier()
     if rank == 0:
+        # every rank's files are complete: record their sizes, so a truncated or missing file is found
+        # at the next resume before any model is built
+        files = {p.name: p.stat().st_size for p in sorted((checkpoint_dir / tag).iterdir()) if p.is_file()}
+        (checkpoint_dir / tag / "manifest.json").write_text(json.dumps(files, indent=1))
         pointer = checkpoint_dir / "latest.tmp"
         pointer.write_text(tag)
         os.replace(pointer, checkpoint_dir / "latest")

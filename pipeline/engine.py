@@ -225,6 +225,16 @@ def full_fp32_state_dict(engine, rank: int, trainable_only: bool = False) -> dic
     return state
 
 
+def checkpoint_bytes(engine) -> int:
+    """About what a checkpoint takes on disk: every parameter as saved by the module (its dtype), plus
+    fp32 master weights and two Adam moments for the trainable ones."""
+    total = 0
+    for p in engine.module.parameters():
+        numel = getattr(p, "ds_numel", p.numel())
+        total += numel * p.element_size() + (12 * numel if p.requires_grad else 0)
+    return total
+
+
 def trainable_parameters_per_rank(engine) -> list[int]:
     """How many trainable parameter elements each rank holds (ZeRO-3 partitions them). Collective."""
     local = sum((p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel())

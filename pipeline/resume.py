@@ -16,6 +16,7 @@ run's config.yaml, which a user may have edited.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def check_launch(run_dir: Path, mode: str | None, overwrite: bool, config: Confi
                  global_batch: int, data_key: str) -> dict | None:
     """Returns the progress of the checkpoint to resume from, or None for a fresh start. Read-only:
     every rank runs it; `prepare_run_dir` (rank 0) acts on the decision."""
+    _check_writable(run_dir)
     tag = checkpoint.latest_tag(run_dir / "checkpoints")
     if mode is None:
         if tag is not None and not overwrite:
@@ -65,6 +67,7 @@ def check_launch(run_dir: Path, mode: str | None, overwrite: bool, config: Confi
         raise ConfigError("--overwrite starts a new run; it cannot be combined with --resume")
     if tag is None:
         return None
+    checkpoint.check_files(run_dir / "checkpoints", tag)
     progress = checkpoint.read_progress(run_dir / "checkpoints", tag)
     where = run_dir / "checkpoints" / tag
     if progress["global_batch"] != global_batch:
@@ -79,6 +82,26 @@ def check_launch(run_dir: Path, mode: str | None, overwrite: bool, config: Confi
         raise ConfigError(f"the config differs from the one {where} was written with, so the run would not "
                           f"continue exactly: {'; '.join(changes)}. Revert these, or pass --resume force")
     return progress
+
+
+def _check_writable(run_dir: Path) -> None:
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"run.dir={run_dir}: {existing} is a file, not a directory; choose another run.dir")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"run.dir={run_dir}: {existing} is not writable; choose another run.dir or fix permissions")
+
+
+def check_disk_space(run_dir: Path, checkpoint_bytes: int, keep: int) -> None:
+    """Refuse to start when the disk cannot hold the checkpoints the run will keep (+1 being written)."""
+    needed = checkpoint_bytes * ((keep or 1) + 1)
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise ConfigError(f"{run_dir} has {free / 1e9:.2f} GB free; {(keep or 1) + 1} checkpoints of ~"
+                          f"{checkpoint_bytes / 1e9:.2f} GB need {needed / 1e9:.2f} GB: free space, lower "
+                          f"train.keep_checkpoints, or choose a run.dir on a larger disk")
 
 
 def prepare_run_dir(run_dir: Path, resuming: dict | None, overwrite: bool, config: Config) -> None:

@@ -15,6 +15,7 @@ end the final weights as a Hugging Face model in <run>/hf.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import sys
@@ -31,12 +32,12 @@ from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.loader import PackedSamples, TrainBatches, validation_batches
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
-from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, deepspeed_config, init_distributed,
-                             model_construction, peak_memory_gb, peak_tflops_per_rank, restore_param_group_settings,
-                             shutdown_distributed, skip_next_update, training_dtype)
+from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
+                             init_distributed, model_construction, peak_memory_gb, peak_tflops_per_rank,
+                             restore_param_group_settings, shutdown_distributed, skip_next_update, training_dtype)
 from pipeline.metrics import MetricsLogger
 from pipeline.preemption import StopRequest
-from pipeline.resume import check_launch, prepare_run_dir
+from pipeline.resume import check_disk_space, check_launch, prepare_run_dir
 from pipeline.throughput import ThroughputMeter
 from pipeline.models import build_model, hf_config, resolve_shape, shape_of, special_token_ids
 
@@ -134,6 +135,8 @@ class Trainer:
         seed_everything(t.seed)  # the same initial weights for the same seed, whatever ran before
         model = self.stage.build_model(config, self.target_config, ds)
         self.engine = build_engine(model, t, ds)
+        if self.rank == 0:
+            check_disk_space(self.run_dir, checkpoint_bytes(self.engine), t.keep_checkpoints)
         self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
         peak_tflops, peak_source = peak_tflops_per_rank(t.peak_tflops, training_dtype(ds))
         if self.rank == 0:
@@ -157,7 +160,8 @@ class Trainer:
         return {"step": step, "consumed_samples": step * self.engine.train_batch_size(),
                 "consumed_tokens": step * self.tokens_per_step, "world_size": self.world_size,
                 "global_batch": self.engine.train_batch_size(), "data_key": self.train_samples.meta["key"],
-                "config": self.config.to_dict(), "pipeline_version": __version__, "stage": self.stage.name,
+                "config": self.config.to_dict(), "config_sha256": hashlib.sha256(self.config.to_yaml().encode()).hexdigest(),
+                "pipeline_version": __version__, "stage": self.stage.name,
                 "zero_stage": self.engine.zero_optimization_stage()}
 
     def train_step(self, step: int) -> StepResult:
