@@ -25,7 +25,7 @@ def init_distributed() -> tuple[int, int]:
     """Join the process group the `deepspeed` launcher set up, or a 1-rank group for plain `python`."""
     if "RANK" not in os.environ:  # not launched: without these DeepSpeed would try MPI discovery
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     dist.barrier()  # every rank has now mapped every other rank's shared-memory segment
     _unlink_shm_segment(dist.get_rank())
@@ -48,7 +48,7 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -57,6 +57,7 @@ def read_donor(path: str):
 
 class GrowStage:
     name = "grow"
+    unread_sections = ("bench",)
 
     def __init__(self, config: Config):
         g = config.grow
@@ -106,16 +107,28 @@ class GrowStage:
         # can preserve the donor's function.
         return GrownModel(operator, resized_config(self.donor_config, self.plan.target), self.recompute)
 
+    def _generation_flops_per_token(self, config: Config, vocab_size: int) -> float:
+        """Generating the whole target once, spread over the tokens of one micro-batch: every rank
+        generates every weight for each of its micro-batches, whatever the batch size."""
+        tokens_per_micro_batch = config.train.micro_batch_size * config.data.seq_len
+        return generation_flops(self.plan, self.adapter, vocab_size) / tokens_per_micro_batch
+
+    def model_flops_per_token(self, config: Config, vocab_size: int) -> float:
+        """The target's forward and backward plus the work growth needs: generating every weight in
+        forward and back-propagating through the generation (twice its forward cost)."""
+        flops = training_flops_per_token(self.plan.target, vocab_size, config.data.seq_len)
+        return flops + 3 * self._generation_flops_per_token(config, vocab_size)
+
     def hardware_flops_per_token(self, config: Config, vocab_size: int) -> float:
-        """The target's forward and backward, recomputed modules, and generating every weight once per
-        micro-batch in forward, twice more in backward, and once again when backward regenerates."""
-        shape, seq_len = self.plan.target, config.data.seq_len
-        flops = training_flops_per_token(shape, vocab_size, seq_len)
+        """Model FLOPs plus what is recomputed to save memory: whole modules (`activations`) or the
+        weights regenerated in backward (`weights`, `activations`), as activation checkpointing is
+        counted in the train stage."""
+        flops = self.model_flops_per_token(config, vocab_size)
         if self.recompute == "activations":
-            flops += recompute_flops_per_token(shape, seq_len)
-        generations = 3 if self.recompute == "none" else 4
-        tokens_per_micro_batch = config.train.micro_batch_size * seq_len
-        return flops + generations * generation_flops(self.plan, self.adapter, vocab_size) / tokens_per_micro_batch
+            flops += recompute_flops_per_token(self.plan.target, config.data.seq_len)
+        if self.recompute != "none":
+            flops += self._generation_flops_per_token(config, vocab_size)
+        return flops
 
     def export(self, trainer: Trainer) -> None:
         """Rank 0 rebuilds the operator in fp32 on CPU from the donor files and the trained coefficients

@@ -23,9 +23,10 @@ from pathlib import Path
 from pipeline import checkpoint
 from pipeline.config import Config, ConfigError
 
-# Changing these does not change the sequence of weights: logging, evaluation, saving, throughput
-# accounting, the non-finite-loss limit.
-HARMLESS_KEYS = {"train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint_interval",
+# Changing these does not change the sequence of weights: where the run lives (a moved run dir resumes),
+# logging, evaluation, saving, throughput accounting, the non-finite-loss limit. Neither do the config
+# sections a stage does not read (its `unread_sections`: `grow` for the train stage, `bench` for all).
+HARMLESS_KEYS = {"run.dir", "train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint_interval",
                  "train.keep_checkpoints", "train.throughput_warmup_steps", "train.peak_tflops", "train.save_hf",
                  "train.preemption_grace_s", "train.max_skipped_steps", "data.num_proc"}
 # The per-rank split of a step's batch may change as long as the global batch (the data order) does not.
@@ -43,17 +44,19 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def breaking_changes(saved: dict, current: dict) -> list[str]:
-    """`key: old -> new` for every change that breaks an exact continuation."""
+def breaking_changes(saved: dict, current: dict, unread_sections: tuple[str, ...]) -> list[str]:
+    """`key: old -> new` for every change that breaks an exact continuation of a stage that does not
+    read `unread_sections`."""
     old, new = flatten(saved), flatten(current)
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in HARMLESS_KEYS)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in HARMLESS_KEYS
+                     and k.split(".")[0] not in unread_sections)
     if not any(k not in BATCH_SPLIT_KEYS for k in changed):
         changed = []  # only the per-rank split changed: the caller checks the global batch
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
 
 
 def check_launch(run_dir: Path, mode: str | None, overwrite: bool, config: Config, world_size: int,
-                 global_batch: int, data_key: str) -> dict | None:
+                 global_batch: int, data_key: str, unread_sections: tuple[str, ...]) -> dict | None:
     """Returns the progress of the checkpoint to resume from, or None for a fresh start. Read-only:
     every rank runs it; `prepare_run_dir` (rank 0) acts on the decision."""
     _check_writable(run_dir)
@@ -77,7 +80,7 @@ def check_launch(run_dir: Path, mode: str | None, overwrite: bool, config: Confi
     if progress["data_key"] != data_key:
         raise ConfigError(f"{config.data.output_dir} was re-prepared from other inputs since {where} was written: "
                           f"the data order would not continue; restore the data or start a new run.dir")
-    changes = breaking_changes(progress["config"], config.to_dict())
+    changes = breaking_changes(progress["config"], config.to_dict(), unread_sections)
     if changes and mode != "force":
         raise ConfigError(f"the config differs from the one {where} was written with, so the run would not "
                           f"continue exactly: {'; '.join(changes)}. Revert these, or pass --resume force")

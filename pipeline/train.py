@@ -51,6 +51,7 @@ def seed_everything(seed: int) -> None:
 class PretrainStage:
     """What the train stage builds and exports; the grow stage swaps in its own (pipeline/grow.py)."""
     name = "train"
+    unread_sections = ("grow", "bench")  # config sections whose changes cannot change this stage's weights
 
     def schedule(self, config: Config) -> TrainConfig:
         return config.train
@@ -68,12 +69,15 @@ class PretrainStage:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
 
+    def model_flops_per_token(self, config: Config, vocab_size: int) -> float:
+        """The work training needs per token (the MFU numerator and the growth benchmark's accounting)."""
+        return training_flops_per_token(resolve_shape(config.model), vocab_size, config.data.seq_len)
+
     def hardware_flops_per_token(self, config: Config, vocab_size: int) -> float:
         """Model FLOPs plus what activation checkpointing recomputes (the HFU numerator)."""
-        shape, seq_len = resolve_shape(config.model), config.data.seq_len
-        flops = training_flops_per_token(shape, vocab_size, seq_len)
+        flops = self.model_flops_per_token(config, vocab_size)
         if config.model.activation_checkpointing:
-            flops += recompute_flops_per_token(shape, seq_len)
+            flops += recompute_flops_per_token(resolve_shape(config.model), config.data.seq_len)
         return flops
 
     def export(self, trainer: "Trainer") -> None:
@@ -119,7 +123,8 @@ class Trainer:
                                               self.rank, self.world_size)
         self.target_config = hf_config(resolve_shape(config.model), vocab_size, special_token_ids(self.tokenizer))
         self.resume_from = check_launch(self.run_dir, resume, overwrite, config, self.world_size,
-                                        ds["train_batch_size"], self.train_samples.meta["key"])
+                                        ds["train_batch_size"], self.train_samples.meta["key"],
+                                        self.stage.unread_sections)
         # a new world size: ZeRO 1-3 partitions are per rank, so load DeepSpeed's universal form
         self.universal = (self.resume_from is not None and self.resume_from["world_size"] != self.world_size
                           and self.resume_from["zero_stage"] > 0)
@@ -141,14 +146,17 @@ class Trainer:
         peak_tflops, peak_source = peak_tflops_per_rank(t.peak_tflops, training_dtype(ds))
         if self.rank == 0:
             print(f"[{self.stage.name}] MFU denominator: {peak_tflops:.3g} TFLOPS per rank ({peak_source})", flush=True)
+        self.model_flops_per_step = self.tokens_per_step * self.stage.model_flops_per_token(config, vocab_size)
         self.meter = ThroughputMeter(
             self.tokens_per_step, self.engine.train_batch_size(), self.world_size,
-            training_flops_per_token(resolve_shape(config.model), vocab_size, self.train_samples.seq_len),
+            self.stage.model_flops_per_token(config, vocab_size),
             self.stage.hardware_flops_per_token(config, vocab_size), peak_tflops, t.throughput_warmup_steps)
 
+        self.train_seconds = 0.0  # wall time of training steps so far (not validation or saving), over resumes
         self.progress = self._progress(0)
         if self.resume_from is not None:
             self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank, self.universal)
+            self.train_seconds = self.progress.get("train_seconds", 0.0)
             if self.universal:
                 restore_param_group_settings(self.engine, t)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, self.progress["step"])
@@ -158,7 +166,8 @@ class Trainer:
     def _progress(self, step: int) -> dict:
         """What a checkpoint records about the run (DeepSpeed saves none of it); see pipeline/resume.py."""
         return {"step": step, "consumed_samples": step * self.engine.train_batch_size(),
-                "consumed_tokens": step * self.tokens_per_step, "world_size": self.world_size,
+                "consumed_tokens": step * self.tokens_per_step, "model_flops": step * self.model_flops_per_step,
+                "train_seconds": self.train_seconds, "world_size": self.world_size,
                 "global_batch": self.engine.train_batch_size(), "data_key": self.train_samples.meta["key"],
                 "config": self.config.to_dict(), "config_sha256": hashlib.sha256(self.config.to_yaml().encode()).hexdigest(),
                 "pipeline_version": __version__, "stage": self.stage.name,
@@ -201,7 +210,9 @@ class Trainer:
             lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside it)
             step_start = time.perf_counter()
             result = self.train_step(step)
-            self.meter.record(time.perf_counter() - step_start, result.data_seconds)
+            step_seconds = time.perf_counter() - step_start
+            self.meter.record(step_seconds, result.data_seconds)
+            self.train_seconds += step_seconds
             step += 1
             self.progress = self._progress(step)
             scalars = {"train/loss": result.loss, "train/lr": lr}
@@ -242,7 +253,10 @@ class Trainer:
 
     def log(self, step: int, scalars: dict) -> None:
         t = self.schedule
-        self.metrics.log(step, {**scalars, "progress/consumed_tokens": step * self.tokens_per_step})
+        # cumulative counters on every record, so any point of a curve can be placed on a FLOPs or time axis
+        self.metrics.log(step, {**scalars, "progress/consumed_tokens": step * self.tokens_per_step,
+                                "progress/model_flops": step * self.model_flops_per_step,
+                                "perf/train_seconds": self.train_seconds})
         if self.rank == 0 and ("perf/peak_memory_gb" in scalars or "val/loss" in scalars or step == 0):
             shown = " ".join(f"{k.split('/')[-1] if k.startswith('perf/') else k.replace('/', '_')}={v:.4g}"
                              for k, v in scalars.items() if k.split("/")[0] in ("train", "val") or k in CONSOLE_PERF)
