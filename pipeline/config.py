@@ -164,12 +164,27 @@ class GrowConfig:
 
 
 @dataclass
+class BenchConfig:
+    donor_size: str = "llama-nano"
+    """Growth benchmark: named size of the donor it pretrains (the `model` section is the target)."""
+    donor_steps: int = 300
+    """Growth benchmark: donor pretraining steps (with the train section's batch, LR and schedule)."""
+    arms: str = "scratch,stack+copy,interpolate+copy,stack+aki,ligo,ligo-official,ligo-untrained-donor"
+    """Growth benchmark: comma-separated arms (listed in pipeline/bench/growth.py). Heuristics are
+    written depth+width with the grow.depth_init / grow.width_init names."""
+    ligo_init: str = "best"
+    """Growth benchmark: the heuristic the `ligo` arm and its untrained-donor control start from:
+    `best` (the heuristic arm with the lowest final validation loss on the first seed) or depth+width."""
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     grow: GrowConfig = field(default_factory=GrowConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -349,6 +364,8 @@ def validate(config: Config) -> None:
                           f"{t.throughput_warmup_steps}, {t.peak_tflops})")
     if t.grad_clip < 0 or t.weight_decay < 0:
         raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
+    if config.bench.donor_steps <= 0:
+        raise ConfigError(f"bench.donor_steps must be positive, got {config.bench.donor_steps}")
     shape = resolve_shape(config.model)
     if d.seq_len > shape.max_positions:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds the model's max_positions={shape.max_positions}: "

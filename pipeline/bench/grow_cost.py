@@ -61,15 +61,12 @@ def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int
 def save_random_donor(spec: str, config, out_dir: Path) -> None:
     from pipeline.data.packing import read_meta
     from pipeline.data.tokenizer import load_tokenizer
-    from pipeline.models import build_model, hf_config, resolve_shape, special_token_ids
+    from pipeline.models import resolve_shape, save_initialized_model
     size, _, fields = spec.partition(":")
     shape_overrides = [f"model.size={size}"] + [f"model.{f}" for f in fields.split(",") if f]
     shape = resolve_shape(load_config("tiny", shape_overrides).model)
     meta = read_meta(Path(config.data.output_dir))
-    tokenizer = load_tokenizer(meta["tokenizer"])
-    torch.manual_seed(0)
-    build_model(hf_config(shape, meta["vocab_size"], special_token_ids(tokenizer))).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    save_initialized_model(shape, load_tokenizer(meta["tokenizer"]), meta["vocab_size"], out_dir, seed=0)
     print(f"random donor {shape} in {out_dir}", flush=True)
 
 

@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Pretrain
 from pipeline.config import ConfigError
 from pipeline.models.sizes import SIZES, ModelShape, resolve_shape
 
-__all__ = ["SIZES", "ModelShape", "resolve_shape", "hf_config", "build_model", "resized_config", "shape_of", "special_token_ids"]
+__all__ = ["SIZES", "ModelShape", "resolve_shape", "hf_config", "build_model", "resized_config", "shape_of", "special_token_ids",
+           "save_initialized_model"]
 
 
 def special_token_ids(tokenizer) -> dict:
@@ -72,3 +73,11 @@ def build_model(config: PretrainedConfig | None, init_from: str | None = None) -
     if init_from is not None:
         return AutoModelForCausalLM.from_pretrained(init_from, dtype=torch.float32)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def save_initialized_model(shape: ModelShape, tokenizer, vocab_size: int, out_dir, seed: int) -> None:
+    """A freshly initialized model of `shape` with `tokenizer`, written as an HF dir: an untrained donor
+    (the growth benchmark's control; the grow-cost benchmark, whose timing does not depend on weights)."""
+    torch.manual_seed(seed)
+    build_model(hf_config(shape, vocab_size, special_token_ids(tokenizer))).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

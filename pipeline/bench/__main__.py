@@ -1,0 +1,20 @@
+"""Benchmarks, one subcommand each:
+
+    python -m pipeline.bench growth --config bench-growth      FLOPs to target: scratch vs heuristics vs LiGO
+    python -m pipeline.bench grow_cost --config tiny grow.donor=runs/tiny/donor/hf
+                                                               one grow step vs one training step
+    python -m pipeline.bench train_overhead --config tiny      train stage vs a plain PyTorch loop
+
+`python -m pipeline.bench <name> --help` describes each.
+"""
+
+import importlib
+import sys
+
+BENCHMARKS = ("growth", "grow_cost", "train_overhead")
+
+if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+    sys.exit(f"usage: python -m pipeline.bench {{{','.join(BENCHMARKS)}}} [options]\n\n{__doc__}")
+name = sys.argv.pop(1)
+sys.argv[0] = f"python -m pipeline.bench {name}"
+importlib.import_module(f"pipeline.bench.{name}").main()

@@ -1,0 +1,127 @@
+"""The growth benchmark: crossing interpolation, savings accounting, FLOPs on known shapes, bad input,
+and a miniature run of `python -m pipeline.bench growth` that must produce the report files."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.bench.growth import parse_arms
+from pipeline.bench.growth_report import Curve, crossing, seed_result, summarize
+from pipeline.config import BenchConfig, ConfigError
+from pipeline.flops import training_flops_per_token
+from pipeline.models import SIZES
+from conftest import ROOT, data_overrides
+
+
+def test_crossing_interpolates_between_the_evaluations_around_it():
+    xs, losses = [0.0, 10.0, 20.0, 30.0], [5.0, 3.0, 4.0, 2.0]
+    assert crossing(xs, losses, 3.5) == pytest.approx(7.5)  # first crossing, linear between x=0 and x=10
+    assert crossing(xs, losses, 2.5) == pytest.approx(20 + 10 * (4.0 - 2.5) / (4.0 - 2.0))
+    assert crossing(xs, losses, 6.0) == 0.0  # already below at the first evaluation
+    assert crossing(xs, losses, 2.0) == 30.0
+    assert crossing(xs, losses, 1.0) is None  # never reached
+
+
+def test_savings_exclude_and_include_the_donor():
+    scratch = Curve([0, 100, 200], [0, 10, 20], [8.0, 5.0, 4.0])
+    grown = Curve([50, 100, 150], [6, 11, 16], [4.5, 4.0, 3.5])  # operator cost 50 FLOPs / 6 s before its first point
+    never = Curve([0, 100, 200], [0, 10, 20], [8.0, 6.0, 5.0])
+    result = seed_result({"scratch": scratch, "grown": grown, "never": never},
+                         {"scratch": {"flops": 0, "seconds": 0}, "grown": {"flops": 30, "seconds": 4},
+                          "never": {"flops": 0, "seconds": 0}})
+    assert result["scratch"]["flops_saving_excl_donor"] == 0.0 and result["scratch"]["target_loss"] == 4.0
+    g = result["grown"]
+    assert g["flops_to_target"] == 100 and g["flops_saving_excl_donor"] == pytest.approx(0.5)
+    assert g["flops_saving_incl_donor"] == pytest.approx(1 - 130 / 200)
+    assert g["seconds_saving_excl_donor"] == pytest.approx(1 - 11 / 20)
+    assert g["seconds_saving_incl_donor"] == pytest.approx(1 - 15 / 20)
+    assert g["step0_loss"] == 4.5 and g["final_loss"] == 3.5
+    assert result["never"]["flops_to_target"] is None and result["never"]["flops_saving_excl_donor"] is None
+
+    second = seed_result({"scratch": scratch, "grown": Curve([50, 100, 150], [6, 11, 16], [4.0, 3.9, 3.5]),
+                          "never": never}, {arm: {"flops": 0, "seconds": 0} for arm in ("scratch", "grown", "never")})
+    summary = summarize([result, second])
+    savings = summary["grown"]["flops_saving_excl_donor"]
+    assert savings["values"] == [pytest.approx(0.5), pytest.approx(0.75)]
+    assert savings["mean"] == pytest.approx(0.625) and savings["std"] == pytest.approx(0.1767767, rel=1e-6)
+    assert summary["never"]["flops_to_target"]["mean"] is None  # not reached on a seed: no mean
+
+
+def test_training_flops_of_a_known_shape():
+    # llama-nano (2 layers, 128 wide, 4 query / 2 KV heads of 32, SwiGLU 352), 2048 vocab, 128 context:
+    # N = 2 * (q,o: 2*128*128 + k,v: 2*128*64 + 3*128*352) + head 2048*128 = 630,784; attention 12*L*H*Q*T
+    assert training_flops_per_token(SIZES["llama-nano"], 2048, 128) == 6 * 630_784 + 12 * 2 * 4 * 32 * 128
+
+
+@pytest.mark.parametrize("arms, ligo_init, message", [
+    ("stack+copy,ligo", "best", "need 'scratch'"),
+    ("scratch,stack+widen", "best", "unknown: ['stack+widen']"),
+    ("scratch,scratch", "best", "need 'scratch'"),
+    ("scratch,ligo", "best", "has none"),
+    ("scratch,ligo", "stack", "use 'best' or depth+width"),
+])
+def test_bad_arm_lists_are_refused(arms, ligo_init, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_arms(BenchConfig(arms=arms, ligo_init=ligo_init))
+
+
+def test_arms_run_scratch_then_heuristics_then_ligo():
+    order = parse_arms(BenchConfig(arms="ligo-untrained-donor,ligo,stack+aki,scratch,interpolate+copy"))
+    assert order == ["scratch", "stack+aki", "interpolate+copy", "ligo", "ligo-untrained-donor"]
+
+
+def run_bench(out, prepared_root, extra=()):
+    cmd = [sys.executable, "-m", "pipeline.bench", "growth", "--config", "tiny", "--out", str(out),
+           *data_overrides(prepared_root), *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_bench_refuses_missing_data_before_training(tmp_path):
+    proc = run_bench(tmp_path / "bench", tmp_path / "nothing-prepared")
+    assert proc.returncode != 0 and "no prepared data" in proc.stderr and "pipeline.prepare" in proc.stderr
+    assert not (tmp_path / "bench").exists()
+
+
+def test_miniature_benchmark_writes_its_report(prepared, tmp_path):
+    root, _, meta = prepared
+    out = tmp_path / "bench"
+    steps = ["train.steps=4", "train.warmup_steps=1", "train.eval_interval=2", "train.eval_batches=1",
+             "train.checkpoint_interval=4", "train.log_interval=2", "bench.donor_steps=3", "grow.steps=2",
+             "grow.warmup_steps=1", "train.deepspeed_config=zero0",
+             "bench.arms=scratch,stack+copy,interpolate+copy,ligo,ligo-official,ligo-untrained-donor"]
+    proc = run_bench(out, root, steps)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    arms = ["scratch", "stack+copy", "interpolate+copy", "ligo", "ligo-official", "ligo-untrained-donor"]
+    assert list(results["arms"]) == arms and results["ligo_init"] in ("stack+copy", "interpolate+copy")
+    for name in ("loss_vs_flops.png", "loss_vs_time.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "results.md").read_text()
+    assert all(f"| `{arm}` |" in table for arm in arms)
+
+    # FLOPs come from the shapes: donor and scratch are plain training, 8 x 128-token samples per step
+    tokens_per_step, vocab = 8 * 128, meta["vocab_size"]
+    donor = results["donor_cost"][0]
+    assert donor["flops"] == 3 * tokens_per_step * training_flops_per_token(SIZES["llama-nano"], vocab, 128)
+    curves = results["curves"]
+    scratch = curves["scratch"][0]
+    assert scratch["flops"][-1] == 4 * tokens_per_step * training_flops_per_token(SIZES["llama-micro"], vocab, 128)
+    assert len(scratch["loss"]) == 3 and scratch["seconds"][-1] > 0  # evaluations at steps 0, 2, 4
+    # a heuristic arm costs nothing before training; a LiGO arm's training starts after its operator's cost
+    assert curves["stack+copy"][0]["flops"][0] == 0 and curves["stack+copy"][0]["flops"][-1] == scratch["flops"][-1]
+    ligo = curves["ligo"][0]
+    assert ligo["flops"][-1] > scratch["flops"][-1] and len(ligo["loss"]) == 2 + 3
+    seed = results["per_seed"][0]
+    assert seed["scratch"]["flops_saving_excl_donor"] == 0.0 and seed["scratch"]["target_loss"] == scratch["loss"][-1]
+    for arm in arms:  # including the donor can only lower a saving
+        row = seed[arm]
+        if row["flops_to_target"] is not None:
+            assert row["flops_saving_incl_donor"] <= row["flops_saving_excl_donor"]
+    assert seed["ligo-untrained-donor"]["flops_saving_incl_donor"] == seed["ligo-untrained-donor"]["flops_saving_excl_donor"]
+
+    rerun = run_bench(out, root, steps)  # finished stages are reused, the report is rebuilt
+    assert rerun.returncode == 0 and rerun.stdout.count("reused") == 1 + 1 + 2 * 5
+    assert json.loads((out / "results.json").read_text())["per_seed"] == results["per_seed"]
