@@ -79,6 +79,9 @@ class ModelConfig:
     """Longest sequence the model accepts."""
     activation_checkpointing: bool = False
     """Recompute block activations in backward (less memory, ~1/3 more compute)."""
+    init_std: typing.Optional[float] = None
+    """Std of the normal init of weight matrices and embeddings of a model trained from scratch (HF's
+    initializer_range); unset: the family's default, 0.02."""
 
 
 @dataclass
@@ -364,6 +367,8 @@ def validate(config: Config) -> None:
                           f"{t.throughput_warmup_steps}, {t.peak_tflops})")
     if t.grad_clip < 0 or t.weight_decay < 0:
         raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
+    if config.model.init_std is not None and config.model.init_std <= 0:
+        raise ConfigError(f"model.init_std must be positive or unset, got {config.model.init_std}")
     if config.bench.donor_steps <= 0:
         raise ConfigError(f"bench.donor_steps must be positive, got {config.bench.donor_steps}")
     shape = resolve_shape(config.model)

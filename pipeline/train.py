@@ -121,7 +121,8 @@ class Trainer:
         self.val_batches = validation_batches(PackedSamples(config.data.output_dir, "validation"),
                                               t.micro_batch_size, t.eval_batches * t.grad_accum_steps,
                                               self.rank, self.world_size)
-        self.target_config = hf_config(resolve_shape(config.model), vocab_size, special_token_ids(self.tokenizer))
+        self.target_config = hf_config(resolve_shape(config.model), vocab_size, special_token_ids(self.tokenizer),
+                                       config.model.init_std)
         self.resume_from = check_launch(self.run_dir, resume, overwrite, config, self.world_size,
                                         ds["train_batch_size"], self.train_samples.meta["key"],
                                         self.stage.unread_sections)
@@ -146,10 +147,10 @@ class Trainer:
         peak_tflops, peak_source = peak_tflops_per_rank(t.peak_tflops, training_dtype(ds))
         if self.rank == 0:
             print(f"[{self.stage.name}] MFU denominator: {peak_tflops:.3g} TFLOPS per rank ({peak_source})", flush=True)
-        self.model_flops_per_step = self.tokens_per_step * self.stage.model_flops_per_token(config, vocab_size)
+        model_flops_per_token = self.stage.model_flops_per_token(config, vocab_size)
+        self.model_flops_per_step = self.tokens_per_step * model_flops_per_token
         self.meter = ThroughputMeter(
-            self.tokens_per_step, self.engine.train_batch_size(), self.world_size,
-            self.stage.model_flops_per_token(config, vocab_size),
+            self.tokens_per_step, self.engine.train_batch_size(), self.world_size, model_flops_per_token,
             self.stage.hardware_flops_per_token(config, vocab_size), peak_tflops, t.throughput_warmup_steps)
 
         self.train_seconds = 0.0  # wall time of training steps so far (not validation or saving), over resumes

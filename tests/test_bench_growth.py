@@ -125,3 +125,24 @@ def test_miniature_benchmark_writes_its_report(prepared, tmp_path):
     rerun = run_bench(out, root, steps)  # finished stages are reused, the report is rebuilt
     assert rerun.returncode == 0 and rerun.stdout.count("reused") == 1 + 1 + 2 * 5
     assert json.loads((out / "results.json").read_text())["per_seed"] == results["per_seed"]
+
+
+@pytest.mark.distributed
+def test_benchmark_on_2_ranks_partitions_the_operator(prepared, tmp_path):
+    """--ranks 2 launches every stage through the deepspeed launcher; under ZeRO-3 each rank holds about
+    half of the operator, and FLOPs follow the doubled global batch."""
+    root, _, meta = prepared
+    out = tmp_path / "bench"
+    proc = run_bench(out, root, ["--ranks", "2", "train.deepspeed_config=zero3", "train.steps=2",
+                                 "train.warmup_steps=1", "train.eval_interval=2", "train.eval_batches=1",
+                                 "train.checkpoint_interval=2", "bench.donor_steps=2", "grow.steps=2",
+                                 "grow.warmup_steps=1", "bench.arms=scratch,ligo", "bench.ligo_init=stack+copy"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    tokens_per_step = 2 * 8 * 128  # 2 ranks x micro-batch 8 x 128 tokens
+    flops = training_flops_per_token(SIZES["llama-micro"], meta["vocab_size"], 128)
+    assert results["ranks"] == 2 and results["curves"]["scratch"][0]["flops"][-1] == 2 * tokens_per_step * flops
+    report = json.loads((out / "seed0" / "ligo" / "grow" / "report.json").read_text())
+    per_rank = report["operator_parameters_per_rank"]
+    assert len(per_rank) == 2 and all(0.4 * report["operator_parameters"] < n < 0.6 * report["operator_parameters"]
+                                      for n in per_rank)

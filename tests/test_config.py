@@ -48,6 +48,8 @@ def test_cli_beats_recipe_beats_defaults():
     (["data.validation_fraction=1.5"], "validation_fraction must be in (0, 1)"),
     (["train.deepspeed_config=zero9"], "DeepSpeed config 'zero9' not found"),
     (["train.lr"], "cannot read override"),
+    (["model.init_std=0"], "model.init_std must be positive"),
+    (["bench.donor_steps=0"], "bench.donor_steps must be positive"),
 ])
 def test_invalid_configs_rejected_with_clear_message(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -94,3 +96,15 @@ def test_shipped_deepspeed_configs_are_valid():
 
 def test_parse_overrides_types():
     assert parse_overrides(["a.b=1", "a.c=x", "--d.e", "true"]) == {"a": {"b": 1, "c": "x"}, "d": {"e": True}}
+
+
+def test_resume_ignores_what_a_stage_does_not_read_and_where_the_run_lives():
+    from pipeline.grow import GrowStage
+    from pipeline.resume import breaking_changes
+    from pipeline.train import PretrainStage
+    saved = load_config("tiny").to_dict()
+    moved = load_config("tiny", ["run.dir=elsewhere", "grow.lr=0.1", "bench.donor_steps=7"]).to_dict()
+    assert breaking_changes(saved, moved, PretrainStage.unread_sections) == []
+    assert breaking_changes(saved, moved, GrowStage.unread_sections) == ["grow.lr: 0.001 -> 0.1"]
+    changed_lr = load_config("tiny", ["train.lr=1e-3"]).to_dict()
+    assert breaking_changes(saved, changed_lr, PretrainStage.unread_sections) == ["train.lr: 0.002 -> 0.001"]

@@ -73,6 +73,10 @@ def test_training_decreases_loss_and_resumes_exactly(prepared, tmp_path, ds_conf
     # every later step's loss, LR and validation loss equal the uninterrupted run's, bit for bit
     assert [r["step"] for r in resumed] == [r["step"] for r in reference]
     assert _deterministic(resumed) == _deterministic(reference)
+    # the cumulative counters continue across the resume: model FLOPs (exact, compared above) and training time
+    assert all(r["progress/model_flops"] == r["step"] * reference[1]["progress/model_flops"] for r in resumed)
+    seconds = [r["perf/train_seconds"] for r in resumed]
+    assert seconds[0] == 0 and seconds == sorted(seconds) and seconds[-1] > seconds[3] > 0
     assert (parts / "hf" / "model.safetensors").exists()
     # TensorBoard: the resumed run's curves continue without overlapping the interrupted part
     scalars = _tensorboard_scalars(parts / "tb")

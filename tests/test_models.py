@@ -24,6 +24,15 @@ def test_llama_gqa_shapes():
     assert len(model.model.layers) == 4
 
 
+@pytest.mark.parametrize("init_std", [None, 0.005])
+def test_init_std_sets_the_scale_of_matrices_and_embeddings(init_std):
+    torch.manual_seed(0)
+    model = build_model(hf_config(SIZES["llama-micro"], 2048, TOKEN_IDS, init_std))
+    expected = 0.02 if init_std is None else init_std  # HF's default initializer_range
+    for weight in (model.model.embed_tokens.weight, model.model.layers[0].mlp.up_proj.weight, model.lm_head.weight):
+        assert weight.std().item() == pytest.approx(expected, rel=0.05)
+
+
 def test_gpt2_shapes_and_tied_head():
     model = _build("gpt2-micro")
     assert model.transformer.h[0].attn.c_attn.weight.shape == (256, 768)  # Conv1D stores (in, out)

@@ -22,17 +22,18 @@ def special_token_ids(tokenizer) -> dict:
             "pad_token_id": tokenizer.pad_token_id}
 
 
-def hf_config(shape: ModelShape, vocab_size: int, token_ids: dict) -> PretrainedConfig:
+def hf_config(shape: ModelShape, vocab_size: int, token_ids: dict, init_std: float | None = None) -> PretrainedConfig:
     """Our shape -> the HF config. Dropout is off: pretraining at this scale does not use it, and
     it keeps the loss curve a pure function of (config, seed, data order)."""
+    init = {} if init_std is None else {"initializer_range": init_std}
     if shape.family == "gpt2":
         return GPT2Config(vocab_size=vocab_size, n_positions=shape.max_positions, n_embd=shape.hidden,
                           n_layer=shape.layers, n_head=shape.heads, n_inner=shape.ffn, resid_pdrop=0.0,
-                          embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, **token_ids)
+                          embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, **token_ids, **init)
     return LlamaConfig(vocab_size=vocab_size, hidden_size=shape.hidden, intermediate_size=shape.ffn,
                        num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
                        num_key_value_heads=shape.kv_heads, max_position_embeddings=shape.max_positions,
-                       attention_dropout=0.0, tie_word_embeddings=False, **token_ids)
+                       attention_dropout=0.0, tie_word_embeddings=False, **token_ids, **init)
 
 
 def shape_of(config: PretrainedConfig) -> ModelShape:
