@@ -252,7 +252,7 @@ class Bench:
         plot_curves(curves, target, "flops", self.out / "loss_vs_flops.png")
         plot_curves(curves, target, "seconds", self.out / "loss_vs_time.png")
         results = {"command": command, "date": str(datetime.date.today()), "seeds": seeds,
-                   "bench_seconds": round(seconds, 1), "config": self.config.to_dict(), "ranks": self.ranks,
+                   "seconds_this_invocation": round(seconds, 1), "config": self.config.to_dict(), "ranks": self.ranks,
                    "ligo_init": self.ligo_init, "arms": descriptions, "donor_cost": donors, "per_seed": per_seed,
                    "summary": summary, "curves": {arm: [c.__dict__ for c in cs] for arm, cs in curves.items()}}
         (self.out / "results.json").write_text(json.dumps(results, indent=1))
