@@ -1,7 +1,7 @@
 """Growth benchmark: does growing save compute? FLOPs and wall time to reach the scratch model's quality.
 
-    python -m pipeline.bench growth --config bench-growth                  # 1 seed, ~30 min on 2 CPU cores
-    python -m pipeline.bench growth --config bench-growth --seeds 3        # for reporting (~1.5 h)
+    python -m pipeline.bench growth --config bench-growth                  # 1 seed, ~33 min on 2 CPU cores
+    python -m pipeline.bench growth --config bench-growth --seeds 3        # for reporting (~100 min)
     python -m pipeline.bench growth --config bench-growth --ranks 8 bench.arms=scratch,stack+copy,ligo
 
 For every seed it pretrains a donor (`bench.donor_size`, `bench.donor_steps`), then trains the target
@@ -45,7 +45,6 @@ from pipeline.engine import free_port
 from pipeline.grow import GrowStage
 from pipeline.growth.init import DEPTH_SCHEMES, WIDTH_SCHEMES
 from pipeline.metrics import read_metrics
-from pipeline.models import SIZES
 from pipeline.resume import breaking_changes
 from pipeline.train import PretrainStage
 
@@ -95,9 +94,10 @@ class Bench:
     def __init__(self, recipe: str, overrides: list[str], out: Path, ranks: int, overwrite: bool):
         self.recipe, self.overrides, self.out, self.ranks, self.overwrite = recipe, overrides, out, ranks, overwrite
         self.config: Config = load_config(recipe, overrides)
-        if self.config.bench.donor_size not in SIZES:
-            raise ConfigError(f"bench.donor_size={self.config.bench.donor_size!r} is not a known size; choose one "
-                              f"of {sorted(SIZES)}")
+        try:
+            self.donor_model = load_config(recipe, [*overrides, *self.donor_shape()]).model
+        except ConfigError as err:
+            raise ConfigError(f"bench.donor_size={self.config.bench.donor_size!r}: {err}") from None
         self.arm_names = parse_arms(self.config.bench)
         self.ligo_init = None if self.config.bench.ligo_init == "best" else self.config.bench.ligo_init
 
@@ -155,6 +155,10 @@ class Bench:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         return not breaking_changes(saved, config.to_dict(), unread_sections)
 
+    def donor_shape(self) -> list[str]:
+        """Overrides that turn the recipe's target into the donor shape."""
+        return [f"model.size={self.config.bench.donor_size}", *(f"model.{f}=null" for f in SHAPE_FIELDS)]
+
     def seed_overrides(self, seed: int) -> list[str]:
         c = self.config
         return [f"train.seed={c.train.seed + seed}", f"data.order_seed={c.data.order_seed + seed}"]
@@ -163,8 +167,7 @@ class Bench:
         """Pretrain the seed's donor; returns its HF dir and its cost."""
         b = self.config.bench
         run_dir = self.out / f"seed{seed}" / "donor"
-        records = self.stage("train", run_dir, [*self.seed_overrides(seed), f"model.size={b.donor_size}",
-                                                *(f"model.{f}=null" for f in SHAPE_FIELDS),
+        records = self.stage("train", run_dir, [*self.seed_overrides(seed), *self.donor_shape(),
                                                 f"train.steps={b.donor_steps}", "train.init_from=null"])
         return run_dir / "hf", {"flops": records[-1]["progress/model_flops"],
                                 "seconds": records[-1]["perf/train_seconds"]}
@@ -176,9 +179,7 @@ class Bench:
         out_dir = self.out / f"seed{seed}" / "untrained-donor"
         if not (out_dir / "config.json").exists():
             meta = read_meta(Path(self.config.data.output_dir))
-            donor_model = load_config(self.recipe, [*self.overrides, f"model.size={self.config.bench.donor_size}",
-                                                    *(f"model.{f}=null" for f in SHAPE_FIELDS)]).model
-            save_initialized_model(resolve_shape(donor_model), load_tokenizer(meta["tokenizer"]), meta["vocab_size"],
+            save_initialized_model(resolve_shape(self.donor_model), load_tokenizer(meta["tokenizer"]), meta["vocab_size"],
                                    out_dir, seed=self.config.train.seed + seed)
         return out_dir
 
