@@ -177,7 +177,7 @@ class BenchConfig:
     written depth+width with the grow.depth_init / grow.width_init names."""
     ligo_init: str = "best"
     """Growth benchmark: the heuristic the `ligo` arm and its untrained-donor control start from:
-    `best` (the heuristic arm with the lowest final validation loss on the first seed) or depth+width."""
+    `best` (the heuristic arm with the fewest FLOPs to the scratch loss on the first seed) or depth+width."""
 
 
 @dataclass

@@ -3,14 +3,15 @@ and a miniature run of `python -m pipeline.bench growth` that must produce the r
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from pipeline.bench.growth import parse_arms
+from pipeline.bench.growth import Bench, parse_arms
 from pipeline.bench.growth_report import Curve, crossing, seed_result, summarize
-from pipeline.config import BenchConfig, ConfigError
+from pipeline.config import BenchConfig, ConfigError, load_config
 from pipeline.flops import training_flops_per_token
 from pipeline.models import SIZES
 from conftest import ROOT, data_overrides
@@ -73,6 +74,33 @@ def test_arms_run_scratch_then_heuristics_then_ligo():
     assert order == ["scratch", "stack+aki", "interpolate+copy", "ligo", "ligo-untrained-donor"]
 
 
+def test_best_heuristic_is_the_one_with_fewest_flops_to_target():
+    bench = Bench("bench-growth", ["bench.arms=scratch,stack+copy,stack+aki,ligo"], ROOT / "runs" / "unused", 1, False)
+    curves = {"scratch": Curve([0, 100, 200], [0, 1, 2], [8.0, 5.0, 4.0]),
+              # stack+aki ends lower, stack+copy reaches the scratch loss 4.0 sooner (at 50 vs 75 FLOPs)
+              "stack+copy": Curve([0, 50, 200], [0, 1, 2], [4.5, 4.0, 3.6]),
+              "stack+aki": Curve([0, 50, 100, 200], [0, 1, 2, 3], [6.0, 4.5, 3.5, 3.5])}
+    arm = bench.arm_with_best_init(bench.arm("ligo"), curves)
+    assert bench.ligo_init == "stack+copy" and arm.init == "stack+copy" and arm.operator_steps
+
+
+def test_a_copied_benchmark_dir_reuses_its_grown_arms(tmp_path):
+    """Stages read their inputs (donor, grown model) from inside --out; in a copy those paths point into
+    the copy, which holds the same files, so the stages count as finished."""
+    def stage_config(out, init_from):
+        return load_config("bench-growth", [f"run.dir={out / 'seed0' / 'ligo' / 'train'}", f"train.init_from={init_from}"])
+    old, new = tmp_path / "bench", tmp_path / "copy"
+    run_dir = old / "seed0" / "ligo" / "train"
+    (run_dir / "hf").mkdir(parents=True)
+    (run_dir / "hf" / "config.json").write_text("{}")
+    stage_config(old, old / "seed0" / "ligo" / "grow" / "hf").save(run_dir / "config.yaml")
+    shutil.copytree(old, new)
+    bench = Bench("bench-growth", [], new, 1, False)
+    copied = new / "seed0" / "ligo" / "train"
+    assert bench._finished(copied, stage_config(new, new / "seed0" / "ligo" / "grow" / "hf"), ())
+    assert not bench._finished(copied, stage_config(new, tmp_path / "elsewhere" / "hf"), ())
+
+
 def run_bench(out, prepared_root, extra=()):
     cmd = [sys.executable, "-m", "pipeline.bench", "growth", "--config", "tiny", "--out", str(out),
            *data_overrides(prepared_root), *extra]
@@ -91,11 +119,12 @@ def test_miniature_benchmark_writes_its_report(prepared, tmp_path):
     steps = ["train.steps=4", "train.warmup_steps=1", "train.eval_interval=2", "train.eval_batches=1",
              "train.checkpoint_interval=4", "train.log_interval=2", "bench.donor_steps=3", "grow.steps=2",
              "grow.warmup_steps=1", "train.deepspeed_config=zero0",
-             "bench.arms=scratch,stack+copy,interpolate+copy,ligo,ligo-official,ligo-untrained-donor"]
+             "bench.arms=scratch,stack+copy,interpolate+copy,ligo,ligo-official,ligo-untrained-donor,donor-continued"]
     proc = run_bench(out, root, steps)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    arms = ["scratch", "stack+copy", "interpolate+copy", "ligo", "ligo-official", "ligo-untrained-donor"]
+    arms = ["scratch", "stack+copy", "interpolate+copy", "ligo", "ligo-official", "ligo-untrained-donor",
+            "donor-continued"]
     assert list(results["arms"]) == arms and results["ligo_init"] in ("stack+copy", "interpolate+copy")
     for name in ("loss_vs_flops.png", "loss_vs_time.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -114,6 +143,10 @@ def test_miniature_benchmark_writes_its_report(prepared, tmp_path):
     assert curves["stack+copy"][0]["flops"][0] == 0 and curves["stack+copy"][0]["flops"][-1] == scratch["flops"][-1]
     ligo = curves["ligo"][0]
     assert ligo["flops"][-1] > scratch["flops"][-1] and len(ligo["loss"]) == 2 + 3
+    # the continued donor spends the target's training FLOPs in whole donor steps
+    donor_step = tokens_per_step * training_flops_per_token(SIZES["llama-nano"], vocab, 128)
+    continued = curves["donor-continued"][0]
+    assert continued["flops"][0] == 0 and abs(continued["flops"][-1] - scratch["flops"][-1]) <= donor_step / 2
     seed = results["per_seed"][0]
     assert seed["scratch"]["flops_saving_excl_donor"] == 0.0 and seed["scratch"]["target_loss"] == scratch["loss"][-1]
     for arm in arms:  # including the donor can only lower a saving
@@ -123,7 +156,7 @@ def test_miniature_benchmark_writes_its_report(prepared, tmp_path):
     assert seed["ligo-untrained-donor"]["flops_saving_incl_donor"] == seed["ligo-untrained-donor"]["flops_saving_excl_donor"]
 
     rerun = run_bench(out, root, steps)  # finished stages are reused, the report is rebuilt
-    assert rerun.returncode == 0 and rerun.stdout.count("reused") == 1 + 1 + 2 * 5
+    assert rerun.returncode == 0 and rerun.stdout.count("reused") == 1 + 1 + 2 * 5 + 1
     assert json.loads((out / "results.json").read_text())["per_seed"] == results["per_seed"]
 
 

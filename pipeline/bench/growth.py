@@ -1,7 +1,7 @@
 """Growth benchmark: does growing save compute? FLOPs and wall time to reach the scratch model's quality.
 
-    python -m pipeline.bench growth --config bench-growth                  # 1 seed, ~33 min on 2 CPU cores
-    python -m pipeline.bench growth --config bench-growth --seeds 3        # for reporting (~100 min)
+    python -m pipeline.bench growth --config bench-growth                  # 1 seed, ~29-30 min on 2 CPU cores
+    python -m pipeline.bench growth --config bench-growth --seeds 3        # for reporting (~90 min)
     python -m pipeline.bench growth --config bench-growth --ranks 8 bench.arms=scratch,stack+copy,ligo
 
 For every seed it pretrains a donor (`bench.donor_size`, `bench.donor_steps`), then trains the target
@@ -16,6 +16,8 @@ stages (pipeline.train, pipeline.grow), each launched as its own job. Arms (`ben
     ligo-official           LiGO from the official code's init (noisy_stack depth, random width)
     ligo-untrained-donor    the control: `ligo` from a randomly initialized donor of the same shape;
                             a saving here would come from the operator's structure, not knowledge
+    donor-continued         (optional) the donor trained further for the FLOPs of the target's training
+                            (fresh warmup and schedule): is the larger model worth its cost at all?
 
 Seed s sets train.seed and data.order_seed (recipe value + s) for every stage of that seed.
 Outputs in --out: seed<s>/<arm>/{grow,train} run dirs with their logs, results.json (every curve and
@@ -39,12 +41,16 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.bench.growth_report import Curve, markdown_table, plot_curves, seed_result, summarize
+from pipeline.bench.growth_report import Curve, crossing, markdown_table, plot_curves, seed_result, summarize
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.data.packing import read_meta
+from pipeline.data.tokenizer import load_tokenizer
 from pipeline.engine import free_port
+from pipeline.flops import training_flops_per_token
 from pipeline.grow import GrowStage
 from pipeline.growth.init import DEPTH_SCHEMES, WIDTH_SCHEMES
 from pipeline.metrics import read_metrics
+from pipeline.models import resolve_shape, save_initialized_model
 from pipeline.resume import breaking_changes
 from pipeline.train import PretrainStage
 
@@ -58,8 +64,11 @@ class Arm:
     init: str | None = None  # depth+width of the grow stage; None: from scratch
     operator_steps: bool = False  # train the operator (grow.steps) or use the heuristic as is
     untrained_donor: bool = False
+    continues_donor: bool = False
 
     def describe(self) -> str:
+        if self.continues_donor:
+            return "donor trained further, same FLOPs as the target's training"
         if self.init is None:
             return "target from scratch"
         donor = "untrained donor" if self.untrained_donor else "trained donor"
@@ -74,7 +83,7 @@ def is_heuristic(name: str) -> bool:
 def parse_arms(bench) -> list[str]:
     """The arm names in run order (scratch, heuristics, LiGO arms); one clear error for a bad list."""
     names = [n.strip() for n in bench.arms.split(",") if n.strip()]
-    known = ("scratch", "ligo", "ligo-official", "ligo-untrained-donor")
+    known = ("scratch", "ligo", "ligo-official", "ligo-untrained-donor", "donor-continued")
     bad = [n for n in names if n not in known and not is_heuristic(n)]
     if bad or "scratch" not in names or len(set(names)) != len(names):
         raise ConfigError(f"bench.arms={bench.arms!r}: need 'scratch' (the reference) once, and arms from {known} "
@@ -86,7 +95,7 @@ def parse_arms(bench) -> list[str]:
                               "(e.g. stack+copy) or set bench.ligo_init=stack+copy")
     elif not is_heuristic(bench.ligo_init):
         raise ConfigError(f"bench.ligo_init={bench.ligo_init!r}: use 'best' or depth+width, e.g. stack+copy")
-    order = {"scratch": 0, "ligo": 2, "ligo-official": 2, "ligo-untrained-donor": 3}
+    order = {"scratch": 0, "ligo": 2, "ligo-official": 2, "ligo-untrained-donor": 3, "donor-continued": 3}
     return sorted(names, key=lambda n: order.get(n, 1))
 
 
@@ -106,6 +115,8 @@ class Bench:
             return Arm(name)
         if is_heuristic(name):
             return Arm(name, init=name)
+        if name == "donor-continued":
+            return Arm(name, continues_donor=True)
         if name == "ligo-official":
             return Arm(name, init=OFFICIAL_INIT, operator_steps=True)
         return Arm(name, init=self.ligo_init, operator_steps=True, untrained_donor=name == "ligo-untrained-donor")
@@ -146,18 +157,40 @@ class Bench:
               flush=True)
         return records
 
-    @staticmethod
-    def _finished(run_dir: Path, config: Config, unread_sections: tuple[str, ...]) -> bool:
+    def _finished(self, run_dir: Path, config: Config, unread_sections: tuple[str, ...]) -> bool:
         """Exported, by a config that gives the same weights as this one (the stage's own resume rule,
         so a copied benchmark dir can be extended: e.g. only the LiGO arms rerun after grow.lr changes)."""
         if not (run_dir / "hf" / "config.json").exists() or not (run_dir / "config.yaml").exists():
             return False
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        return not breaking_changes(saved, config.to_dict(), unread_sections)
+        return not breaking_changes(self._rebased(saved, run_dir), config.to_dict(), unread_sections)
+
+    def _rebased(self, saved: dict, run_dir: Path) -> dict:
+        """The saved config of a stage in a copied or moved benchmark dir: its inputs inside the old --out
+        (the donor, a grown model) are the same files inside this one."""
+        old_out = Path(saved["run"]["dir"])
+        for _ in run_dir.relative_to(self.out).parts:
+            old_out = old_out.parent
+        for section, key in (("grow", "donor"), ("train", "init_from")):
+            value = saved[section][key]
+            if value and Path(value).is_relative_to(old_out):
+                saved[section][key] = str(self.out / Path(value).relative_to(old_out))
+        return saved
 
     def donor_shape(self) -> list[str]:
         """Overrides that turn the recipe's target into the donor shape."""
         return [f"model.size={self.config.bench.donor_size}", *(f"model.{f}=null" for f in SHAPE_FIELDS)]
+
+    def donor_continuation(self) -> list[str]:
+        """Train-section overrides giving the donor the FLOPs of the target's train.steps (same batch and
+        sequence length, so steps scale by the FLOPs-per-token ratio) and evaluations at the same FLOPs."""
+        vocab, seq_len = read_meta(Path(self.config.data.output_dir))["vocab_size"], self.config.data.seq_len
+        t = self.config.train
+        ratio = (training_flops_per_token(resolve_shape(self.config.model), vocab, seq_len)
+                 / training_flops_per_token(resolve_shape(self.donor_model), vocab, seq_len))
+        steps, interval = round(t.steps * ratio), max(1, round(t.eval_interval * ratio))
+        return [f"train.steps={steps}", f"train.eval_interval={interval}", f"train.log_interval={interval}",
+                f"train.checkpoint_interval={steps}"]
 
     def seed_overrides(self, seed: int) -> list[str]:
         c = self.config
@@ -173,9 +206,6 @@ class Bench:
                                 "seconds": records[-1]["perf/train_seconds"]}
 
     def untrained_donor(self, seed: int) -> Path:
-        from pipeline.data.packing import read_meta
-        from pipeline.data.tokenizer import load_tokenizer
-        from pipeline.models import resolve_shape, save_initialized_model
         out_dir = self.out / f"seed{seed}" / "untrained-donor"
         if not (out_dir / "config.json").exists():
             meta = read_meta(Path(self.config.data.output_dir))
@@ -187,6 +217,9 @@ class Bench:
         """The arm's validation curve: operator training (if any), then the target's training."""
         arm_dir = self.out / f"seed{seed}" / arm.name
         seeded = self.seed_overrides(seed)
+        if arm.continues_donor:
+            return Curve.from_records(self.stage("train", arm_dir / "train", [
+                *seeded, *self.donor_shape(), f"train.init_from={donor_dir}", *self.donor_continuation()]))
         if arm.init is None:
             return Curve.from_records(self.stage("train", arm_dir / "train", [*seeded, "train.init_from=null"]))
         depth, width = arm.init.split("+")
@@ -215,22 +248,27 @@ class Bench:
                 source = self.untrained_donor(seed) if arm.untrained_donor else donor_dir
                 seed_curves[name] = self.run_arm(arm, seed, source)
                 curves[name].append(seed_curves[name])
-                uses_donor = arm.init is not None and not arm.untrained_donor
+                uses_donor = (arm.init is not None and not arm.untrained_donor) or arm.continues_donor
                 donor_costs[name] = donor_cost if uses_donor else {"flops": 0.0, "seconds": 0.0}
             per_seed.append(seed_result(seed_curves, donor_costs))
         return self.write_report(curves, per_seed, donors, seeds, time.time() - started)
 
     def arm_with_best_init(self, arm: Arm, seed_curves: dict[str, Curve]) -> Arm:
-        """bench.ligo_init=best: the heuristic arm with the lowest final validation loss on the first seed
-        (heuristic arms run before LiGO arms)."""
+        """bench.ligo_init=best: the heuristic arm that reached the scratch arm's final loss with the fewest
+        FLOPs on the first seed, the benchmark's own measure (ties and arms that never reach it: lowest final
+        loss). Heuristic arms run before LiGO arms."""
         if self.ligo_init is None:
-            finals = {name: curve.loss[-1] for name, curve in seed_curves.items() if is_heuristic(name)}
-            self.ligo_init = min(finals, key=finals.get)
-            print(f"[bench] best heuristic (lowest final validation loss, first seed): {self.ligo_init}", flush=True)
+            target = seed_curves["scratch"].loss[-1]
+
+            def cost(name: str) -> tuple[float, float]:
+                curve = seed_curves[name]
+                reached = crossing(curve.flops, curve.loss, target)
+                return (float("inf") if reached is None else reached, curve.loss[-1])
+            self.ligo_init = min((name for name in seed_curves if is_heuristic(name)), key=cost)
+            print(f"[bench] best heuristic (fewest FLOPs to the scratch loss, first seed): {self.ligo_init}", flush=True)
         return self.arm(arm.name)
 
     def check_data(self) -> None:
-        from pipeline.data.packing import read_meta
         if read_meta(Path(self.config.data.output_dir)) is None:
             raise ConfigError(f"no prepared data in {self.config.data.output_dir}: run "
                               f"`python -m pipeline.prepare --config {self.recipe}` first (same data overrides)")
