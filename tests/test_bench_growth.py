@@ -28,7 +28,8 @@ def test_crossing_interpolates_between_the_evaluations_around_it():
 
 def test_savings_exclude_and_include_the_donor():
     scratch = Curve([0, 100, 200], [0, 10, 20], [8.0, 5.0, 4.0])
-    grown = Curve([50, 100, 150], [6, 11, 16], [4.5, 4.0, 3.5])  # operator cost 50 FLOPs / 6 s before its first point
+    operator = Curve([0, 50], [0, 6], [7.0, 4.5])  # 50 FLOPs / 6 s of operator training, then the target's
+    grown = operator.then(Curve([50, 100, 150], [6, 11, 16], [4.5, 4.0, 3.5]))
     never = Curve([0, 100, 200], [0, 10, 20], [8.0, 6.0, 5.0])
     result = seed_result({"scratch": scratch, "grown": grown, "never": never},
                          {"scratch": {"flops": 0, "seconds": 0}, "grown": {"flops": 30, "seconds": 4},
@@ -36,10 +37,12 @@ def test_savings_exclude_and_include_the_donor():
     assert result["scratch"]["flops_saving_excl_donor"] == 0.0 and result["scratch"]["target_loss"] == 4.0
     g = result["grown"]
     assert g["flops_to_target"] == 100 and g["flops_saving_excl_donor"] == pytest.approx(0.5)
+    assert g["flops_saving_free_operator"] == pytest.approx(1 - 50 / 200)  # 50 of the 100 FLOPs were the operator's
+    assert result["scratch"]["flops_saving_free_operator"] == 0.0
     assert g["flops_saving_incl_donor"] == pytest.approx(1 - 130 / 200)
     assert g["seconds_saving_excl_donor"] == pytest.approx(1 - 11 / 20)
     assert g["seconds_saving_incl_donor"] == pytest.approx(1 - 15 / 20)
-    assert g["step0_loss"] == 4.5 and g["final_loss"] == 3.5
+    assert g["step0_loss"] == 7.0 and g["final_loss"] == 3.5
     assert result["never"]["flops_to_target"] is None and result["never"]["flops_saving_excl_donor"] is None
 
     second = seed_result({"scratch": scratch, "grown": Curve([50, 100, 150], [6, 11, 16], [4.0, 3.9, 3.5]),
