@@ -149,6 +149,9 @@ class GrowConfig:
     """Operator start in depth: stack | interpolate | midas | noisy_stack (pipeline/growth/init.py)."""
     width_init: str = "copy"
     """Operator start in width: copy (function-preserving) | aki (bert2BERT) | random (official LiGO code)."""
+    depth_coefficients: str = "per_module"
+    """Depth blend coefficients: per_module (the paper: one L2 x L1 matrix for each of q, k, v, o, the
+    norms and the MLP matrices) | shared (one matrix for every module type)."""
     steps: int = 100
     """Operator training steps on the target's LM loss (0 = the heuristic init as is)."""
     lr: float = 1.0e-3
@@ -350,6 +353,9 @@ def validate(config: Config) -> None:
     if g.depth_init not in DEPTH_SCHEMES or g.width_init not in WIDTH_SCHEMES:
         raise ConfigError(f"grow.depth_init must be one of {DEPTH_SCHEMES} and grow.width_init one of "
                           f"{WIDTH_SCHEMES} (got {g.depth_init!r}, {g.width_init!r})")
+    from pipeline.growth.operator import DEPTH_COEFFICIENTS
+    if g.depth_coefficients not in DEPTH_COEFFICIENTS:
+        raise ConfigError(f"grow.depth_coefficients must be one of {DEPTH_COEFFICIENTS}, got {g.depth_coefficients!r}")
     if g.steps < 0 or g.warmup_steps < 0 or g.lr <= 0 or g.weight_decay < 0:
         raise ConfigError(f"grow: need steps >= 0, warmup_steps >= 0, lr > 0, weight_decay >= 0 (got steps={g.steps}, "
                           f"warmup_steps={g.warmup_steps}, lr={g.lr}, weight_decay={g.weight_decay})")

@@ -8,6 +8,8 @@ import math
 import os
 import resource
 import socket
+import sys
+import typing
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +48,16 @@ def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def end_stage_process() -> typing.NoReturn:
+    """Exit a stage that finished (every file written and closed) without interpreter finalization:
+    ZeRO-3 objects that still hold gloo work handles can abort the process when finalization destroys
+    them ("terminate called without an active exception", seen once in CI after a complete run)."""
+    shutdown_distributed()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port() -> int:

@@ -31,7 +31,7 @@ from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.packing import read_meta
 from pipeline.data.tokenizer import load_tokenizer
-from pipeline.engine import (full_fp32_state_dict, partitioned_construction, shutdown_distributed,
+from pipeline.engine import (end_stage_process, full_fp32_state_dict, partitioned_construction,
                              trainable_parameters_per_rank)
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
@@ -65,7 +65,7 @@ class GrowStage:
             raise ConfigError("grow.donor is not set: give the donor's HF model dir (grow.donor=runs/tiny/donor/hf)")
         self.donor_config, self.adapter, self.donor_shards = read_donor(g.donor)
         self.plan = GrowthPlan(shape_of(self.donor_config), resolve_shape(config.model), g.depth_init,
-                               g.width_init, config.train.seed)
+                               g.width_init, config.train.seed, g.depth_coefficients)
         check_plan(self.plan)
         self._check_tokenizer(config)
         self.recompute = g.recompute
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         Trainer(config, args.resume, args.until_step, GrowStage(config), overwrite=args.overwrite).fit()
     except (ConfigError, TrainingHalted) as err:
         sys.exit(f"grow error: {err}")
-    shutdown_distributed()
+    end_stage_process()
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from pipeline.data.loader import PackedSamples, TrainBatches, validation_batches
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
-                             init_distributed, model_construction, peak_memory_gb, peak_tflops_per_rank,
-                             restore_param_group_settings, shutdown_distributed, skip_next_update, training_dtype)
+                             end_stage_process, init_distributed, model_construction, peak_memory_gb,
+                             peak_tflops_per_rank, restore_param_group_settings, skip_next_update, training_dtype)
 from pipeline.metrics import MetricsLogger
 from pipeline.preemption import StopRequest
 from pipeline.resume import check_disk_space, check_launch, prepare_run_dir
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         Trainer(config, args.resume, args.until_step, overwrite=args.overwrite).fit()
     except (ConfigError, TrainingHalted) as err:
         sys.exit(f"train error: {err}")
-    shutdown_distributed()
+    end_stage_process()
 
 
 if __name__ == "__main__":

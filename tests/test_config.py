@@ -50,6 +50,7 @@ def test_cli_beats_recipe_beats_defaults():
     (["train.lr"], "cannot read override"),
     (["model.init_std=0"], "model.init_std must be positive"),
     (["bench.donor_steps=0"], "bench.donor_steps must be positive"),
+    (["grow.depth_coefficients=per_layer"], "grow.depth_coefficients must be one of ('per_module', 'shared')"),
 ])
 def test_invalid_configs_rejected_with_clear_message(overrides, message):
     with pytest.raises(ConfigError) as err:

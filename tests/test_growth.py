@@ -33,10 +33,11 @@ def make_donor(shape, seed=0, tied=False):
     return donor
 
 
-def grow(donor, target, depth="stack", width="copy", seed=0):
+def grow(donor, target, depth="stack", width="copy", seed=0, depth_coefficients="per_module"):
     adapter = adapter_for(donor.config)
     g, layers = adapter.to_canonical(donor.state_dict(), shape_of(donor.config).layers)
-    op = GrowthOperator(GrowthPlan(shape_of(donor.config), target, depth, width, seed), adapter, g, layers)
+    plan = GrowthPlan(shape_of(donor.config), target, depth, width, seed, depth_coefficients)
+    op = GrowthOperator(plan, adapter, g, layers)
     target_config = hf_config(target, VOCAB, TOKEN_IDS)
     target_config.tie_word_embeddings = adapter.tied_head
     return op, target_config
@@ -175,6 +176,22 @@ def test_operator_parameter_count_matches_the_factorization():
     per_layer = (t.heads * d.heads + d.heads) + 2 * t.kv_heads * d.kv_heads + t.ffn * d.ffn + d.ffn
     assert trainable == depth + residual + t.layers * per_layer
     assert all(not p.requires_grad for p in op.donor.parameters())
+
+
+@pytest.mark.parametrize("width", ["copy", "aki"])
+def test_shared_depth_coefficients_start_the_same_and_train_as_one(width):
+    d, t = LLAMA, SIZES["llama-micro"]
+    per_module, _ = grow(make_donor(d), t, width=width)
+    shared, _ = grow(make_donor(d), t, width=width, depth_coefficients="shared")
+    count = lambda op: sum(p.numel() for p in op.parameters() if p.requires_grad)
+    copies = 2 if width == "aki" else 1  # AKI blends new units from their own (next-layer) coefficients
+    assert count(per_module) - count(shared) == copies * (9 - 1) * t.layers * d.layers  # 9 module types -> 1
+    a, b = dict(per_module.materialize()), dict(shared.materialize())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same heuristic start
+    sum(w.sum() for w in shared.layers[0]().values()).backward()
+    coefficients = shared.layers[0].depth["shared"]
+    assert list(shared.layers[0].depth) == ["shared"] and coefficients.grad.abs().sum() > 0
+    assert torch.equal(shared.depth_matrix("q"), shared.depth_matrix("down"))
 
 
 @pytest.mark.parametrize("target, message", [

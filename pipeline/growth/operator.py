@@ -44,6 +44,11 @@ class GrowthPlan:
     depth_init: str = "stack"
     width_init: str = "copy"
     seed: int = 0
+    depth_coefficients: str = "per_module"  # or "shared": one depth matrix for every module type
+
+
+DEPTH_COEFFICIENTS = ("per_module", "shared")
+SHARED = "shared"  # the key of the one depth matrix under depth_coefficients=shared
 
 
 def check_plan(plan: GrowthPlan) -> None:
@@ -193,7 +198,7 @@ class LayerGenerator(nn.Module):
     def _generate(self, key: str, depth: nn.ParameterDict) -> torch.Tensor:
         residual, donor = self._shared
         module, kind = key.split(".")
-        blended = torch.einsum("j,j...->...", depth[module], donor.stack(key))
+        blended = torch.einsum("j,j...->...", depth[module if module in depth else SHARED], donor.stack(key))
         row_role, col_role = LAYER_ROLES[module]
         rows = self._expansion(row_role)
         if kind == "weight" and col_role is not None:
@@ -277,16 +282,18 @@ class GrowthOperator(nn.Module):
                 "ffn": Expansion(*width_init(plan.width_init, d.ffn, t.ffn, gen)),
             }
             layers.append(expansions)
-        # one depth matrix per module type, split by target layer row (each generator owns its row)
-        depth = {m: depth_init(plan.depth_init, d.layers, t.layers, gen) for m in modules}
-        depth_new = {m: next_layer(w) for m, w in depth.items()} if plan.width_init == "aki" else None
+        # one depth matrix per module type (the paper) or one for all, split by target layer row (each
+        # generator owns its row)
+        keys = modules if plan.depth_coefficients == "per_module" else (SHARED,)
+        depth = {k: depth_init(plan.depth_init, d.layers, t.layers, gen) for k in keys}
+        depth_new = {k: next_layer(w) for k, w in depth.items()} if plan.width_init == "aki" else None
         self.layers = nn.ModuleList(
-            LayerGenerator({m: depth[m][i] for m in modules}, layers[i], self.residual, self.donor, adapter,
-                           None if depth_new is None else {m: depth_new[m][i] for m in modules})
+            LayerGenerator({k: depth[k][i] for k in keys}, layers[i], self.residual, self.donor, adapter,
+                           None if depth_new is None else {k: depth_new[k][i] for k in keys})
             for i in range(t.layers))
 
     def depth_matrix(self, module: str) -> torch.Tensor:
-        return torch.stack([layer.depth[module] for layer in self.layers])
+        return torch.stack([layer.depth[module if module in layer.depth else SHARED] for layer in self.layers])
 
     def global_keys(self) -> list[str]:
         return [k for k in ("embed", "pos", "final_norm.weight", "final_norm.bias", "head")
