@@ -51,6 +51,11 @@ DEPTH_COEFFICIENTS = ("per_module", "shared")
 SHARED = "shared"  # the key of the one depth matrix under depth_coefficients=shared
 
 
+def depth_coefficients_of(depth: nn.ParameterDict, module: str) -> nn.Parameter:
+    """The depth blend a module uses: its own row (per_module) or the shared one."""
+    return depth[module if module in depth else SHARED]
+
+
 def check_plan(plan: GrowthPlan) -> None:
     """Refuse growth that the operator cannot express, before any compute."""
     d, t = plan.donor, plan.target
@@ -198,7 +203,7 @@ class LayerGenerator(nn.Module):
     def _generate(self, key: str, depth: nn.ParameterDict) -> torch.Tensor:
         residual, donor = self._shared
         module, kind = key.split(".")
-        blended = torch.einsum("j,j...->...", depth[module if module in depth else SHARED], donor.stack(key))
+        blended = torch.einsum("j,j...->...", depth_coefficients_of(depth, module), donor.stack(key))
         row_role, col_role = LAYER_ROLES[module]
         rows = self._expansion(row_role)
         if kind == "weight" and col_role is not None:
@@ -293,7 +298,7 @@ class GrowthOperator(nn.Module):
             for i in range(t.layers))
 
     def depth_matrix(self, module: str) -> torch.Tensor:
-        return torch.stack([layer.depth[module if module in layer.depth else SHARED] for layer in self.layers])
+        return torch.stack([depth_coefficients_of(layer.depth, module) for layer in self.layers])
 
     def global_keys(self) -> list[str]:
         return [k for k in ("embed", "pos", "final_norm.weight", "final_norm.bias", "head")
