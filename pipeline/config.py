@@ -22,12 +22,13 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.errors import ConfigError
+from pipeline.growth.schemes import (DEPTH_COEFFICIENTS, DEPTH_SCHEMES, NEW_LAYER_PLACEMENTS, RECOMPUTE_MODES,
+                                     WIDTH_SCHEMES)
+from pipeline.models.sizes import resolve_shape
+
 RECIPE_DIR = Path(__file__).parent / "recipes"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A recipe, override or DeepSpeed JSON that cannot work. The message names the fix."""
 
 
 @dataclass
@@ -145,10 +146,16 @@ class GrowConfig:
     donor: typing.Optional[str] = None
     """HF model dir of the small pretrained model (safetensors): our train stage's <run>/hf or any
     GPT-2 / LLaMA checkpoint with the same tokenizer as data. The target shape is the `model` section."""
-    depth_init: str = "stack"
-    """Operator start in depth: stack | interpolate | midas | noisy_stack (pipeline/growth/init.py)."""
-    width_init: str = "copy"
-    """Operator start in width: copy (function-preserving) | aki (bert2BERT) | random (official LiGO code)."""
+    depth_init: str = "identity"
+    """Operator start in depth (pipeline/growth/init.py): identity (donor layers in order, new layers that
+    start as exact identities: lossless for any depth) | stack (G_stack) | interpolate | midas |
+    noisy_stack (the official LiGO code)."""
+    new_layers: str = "interleave"
+    """Where depth_init=identity puts the new layers: interleave (evenly between donor layers) | top |
+    middle."""
+    width_init: str = "lossless"
+    """Operator start in width: lossless (the donor's function at any width ratio) | copy (HyperCloning;
+    lossless only for integer ratios) | aki (bert2BERT) | random (official LiGO code)."""
     depth_coefficients: str = "per_module"
     """Depth blend coefficients: per_module (the paper: one L2 x L1 matrix for each of q, k, v, o, the
     norms and the MLP matrices) | shared (one matrix for every module type)."""
@@ -330,8 +337,6 @@ def parse_stage_args(description: str, argv: list[str] | None = None,
 
 
 def validate(config: Config) -> None:
-    from pipeline.models.sizes import resolve_shape  # late import: sizes imports this module
-
     d, t = config.data, config.train
     for name in ("vocab_size", "seq_len", "num_proc", "tokenizer_train_chars"):
         if getattr(d, name) <= 0:
@@ -348,18 +353,18 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.lr must be > 0 and train.min_lr_ratio in [0, 1] (got {t.lr}, {t.min_lr_ratio})")
     if not 0 <= t.warmup_steps <= t.steps:
         raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be in [0, train.steps={t.steps}]")
-    from pipeline.growth.init import DEPTH_SCHEMES, WIDTH_SCHEMES
     g = config.grow
-    if g.depth_init not in DEPTH_SCHEMES or g.width_init not in WIDTH_SCHEMES:
-        raise ConfigError(f"grow.depth_init must be one of {DEPTH_SCHEMES} and grow.width_init one of "
-                          f"{WIDTH_SCHEMES} (got {g.depth_init!r}, {g.width_init!r})")
-    from pipeline.growth.operator import DEPTH_COEFFICIENTS
-    if g.depth_coefficients not in DEPTH_COEFFICIENTS:
-        raise ConfigError(f"grow.depth_coefficients must be one of {DEPTH_COEFFICIENTS}, got {g.depth_coefficients!r}")
+    for name, allowed in (("depth_init", DEPTH_SCHEMES), ("new_layers", NEW_LAYER_PLACEMENTS),
+                          ("width_init", WIDTH_SCHEMES), ("depth_coefficients", DEPTH_COEFFICIENTS)):
+        if getattr(g, name) not in allowed:
+            raise ConfigError(f"grow.{name} must be one of {allowed}, got {getattr(g, name)!r}")
+    if g.depth_init == "identity" and g.depth_coefficients == "shared":
+        raise ConfigError("grow.depth_init=identity needs grow.depth_coefficients=per_module: a new layer's "
+                          "residual writers start at zero while its readers copy a donor layer, which one "
+                          "shared depth matrix cannot express")
     if g.steps < 0 or g.warmup_steps < 0 or g.lr <= 0 or g.weight_decay < 0:
         raise ConfigError(f"grow: need steps >= 0, warmup_steps >= 0, lr > 0, weight_decay >= 0 (got steps={g.steps}, "
                           f"warmup_steps={g.warmup_steps}, lr={g.lr}, weight_decay={g.weight_decay})")
-    from pipeline.growth.model import RECOMPUTE_MODES
     if g.recompute not in ("auto", *RECOMPUTE_MODES):
         raise ConfigError(f"grow.recompute must be auto or one of {RECOMPUTE_MODES}, got {g.recompute!r}")
     if 0 < g.steps < g.warmup_steps:

@@ -36,9 +36,10 @@ from pipeline.engine import (end_stage_process, full_fp32_state_dict, partitione
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
-from pipeline.growth.operator import GrowthOperator, GrowthPlan, check_plan, generation_flops
+from pipeline.growth.operator import GrowthOperator, GrowthPlan, check_plan, generation_flops, grown_config
 from pipeline.metrics import read_metrics
-from pipeline.models import resized_config, resolve_shape, shape_of
+from pipeline.models.hf import shape_of
+from pipeline.models.sizes import resolve_shape
 from pipeline.train import Trainer, TrainingHalted, stage_flags
 
 
@@ -65,7 +66,7 @@ class GrowStage:
             raise ConfigError("grow.donor is not set: give the donor's HF model dir (grow.donor=runs/tiny/donor/hf)")
         self.donor_config, self.adapter, self.donor_shards = read_donor(g.donor)
         self.plan = GrowthPlan(shape_of(self.donor_config), resolve_shape(config.model), g.depth_init,
-                               g.width_init, config.train.seed, g.depth_coefficients)
+                               g.width_init, config.train.seed, g.depth_coefficients, g.new_layers)
         check_plan(self.plan)
         self._check_tokenizer(config)
         self.recompute = g.recompute
@@ -105,7 +106,7 @@ class GrowStage:
         # Outside the partitioning context: the target skeleton lives on the meta device. It keeps the
         # donor's hyperparameters (RoPE base, norm eps, activation, tying) with the new shape, so growth
         # can preserve the donor's function.
-        return GrownModel(operator, resized_config(self.donor_config, self.plan.target), self.recompute)
+        return GrownModel(operator, grown_config(self.donor_config, self.plan, self.adapter), self.recompute)
 
     def _generation_flops_per_token(self, config: Config, vocab_size: int) -> float:
         """Generating the whole target once, spread over the tokens of one micro-batch: every rank

@@ -39,7 +39,8 @@ from pipeline.metrics import MetricsLogger
 from pipeline.preemption import StopRequest
 from pipeline.resume import check_disk_space, check_launch, prepare_run_dir
 from pipeline.throughput import ThroughputMeter
-from pipeline.models import build_model, hf_config, resolve_shape, shape_of, special_token_ids
+from pipeline.models.hf import build_model, hf_config, shape_of, special_token_ids
+from pipeline.models.sizes import resolve_shape
 
 
 def seed_everything(seed: int) -> None:

@@ -13,7 +13,7 @@ from pipeline.bench.growth import Bench, parse_arms
 from pipeline.bench.growth_report import Curve, crossing, seed_result, summarize
 from pipeline.config import BenchConfig, ConfigError, load_config
 from pipeline.flops import training_flops_per_token
-from pipeline.models import SIZES
+from pipeline.models.sizes import SIZES
 from conftest import ROOT, data_overrides
 
 

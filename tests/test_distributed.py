@@ -172,7 +172,8 @@ def test_grow_gpt2_under_zero3(prepared, tmp_path):
     from transformers import AutoModelForCausalLM
     from pipeline.data.loader import PackedSamples, validation_batches
     from pipeline.data.tokenizer import load_tokenizer
-    from pipeline.models import SIZES, build_model, hf_config, special_token_ids
+    from pipeline.models.hf import build_model, hf_config, special_token_ids
+    from pipeline.models.sizes import SIZES
     root, _, meta = prepared
     tokenizer = load_tokenizer(meta["tokenizer"])
     torch.manual_seed(0)

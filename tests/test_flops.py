@@ -4,7 +4,8 @@ from deepspeed.profiling.flops_profiler import get_model_profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.flops import matmul_parameters, recompute_flops_per_token, training_flops_per_token
-from pipeline.models import SIZES, build_model, hf_config
+from pipeline.models.hf import build_model, hf_config
+from pipeline.models.sizes import SIZES
 
 
 @pytest.mark.parametrize("size", ["gpt2-nano", "llama-nano", "llama-micro"])  # MHA + GELU; GQA + SwiGLU

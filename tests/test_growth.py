@@ -12,8 +12,9 @@ from pipeline.config import ConfigError, load_config
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.init import depth_sources, head_sources
 from pipeline.growth.model import GrownModel
-from pipeline.growth.operator import GrowthOperator, GrowthPlan, generation_flops
-from pipeline.models import SIZES, build_model, hf_config, shape_of
+from pipeline.growth.operator import GrowthOperator, GrowthPlan, generation_flops, grown_config
+from pipeline.models.hf import build_model, hf_config, shape_of
+from pipeline.models.sizes import SIZES
 
 TOKEN_IDS = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
 VOCAB = 300
@@ -33,14 +34,13 @@ def make_donor(shape, seed=0, tied=False):
     return donor
 
 
-def grow(donor, target, depth="stack", width="copy", seed=0, depth_coefficients="per_module"):
+def grow(donor, target, depth="stack", width="copy", seed=0, depth_coefficients="per_module",
+         new_layers="interleave"):
     adapter = adapter_for(donor.config)
     g, layers = adapter.to_canonical(donor.state_dict(), shape_of(donor.config).layers)
-    plan = GrowthPlan(shape_of(donor.config), target, depth, width, seed, depth_coefficients)
+    plan = GrowthPlan(shape_of(donor.config), target, depth, width, seed, depth_coefficients, new_layers)
     op = GrowthOperator(plan, adapter, g, layers)
-    target_config = hf_config(target, VOCAB, TOKEN_IDS)
-    target_config.tie_word_embeddings = adapter.tied_head
-    return op, target_config
+    return op, grown_config(donor.config, plan, adapter)
 
 
 def assert_same(got, expected):
@@ -123,7 +123,7 @@ def test_copy_width_is_hypercloning_exactly():
     q_copies = torch.bincount(torch.tensor(q_heads)).float().repeat_interleave(32)
     assert_same(grown["model.layers.1.self_attn.o_proj.weight"], o[res][:, q_rows] / q_copies[q_rows])
     assert_same(grown["model.embed_tokens.weight"], d["model.embed_tokens.weight"][:, res])
-    assert op.residual.rms_ratio().item() == pytest.approx(1.0)  # one 1 per row: no norm correction
+    assert op.residual.stream_ratio().item() == pytest.approx(1.0)  # one 1 per row: no norm correction
     norm = d["model.layers.1.input_layernorm.weight"]
     assert_same(grown["model.layers.1.input_layernorm.weight"], norm[res])
 
@@ -154,7 +154,7 @@ def test_official_ligo_init():
     p = op.residual.weight.detach()
     assert torch.equal(p[:128], torch.eye(128))  # old units kept
     assert (p[128:] >= 0).all() and torch.allclose(p[128:].sum(dim=1), torch.ones(128))  # convex blends
-    assert torch.equal(op.residual.scale.detach(), torch.ones(128))
+    assert torch.equal(op.residual.scale.detach(), torch.ones(256))
     again, _ = grow(make_donor(LLAMA), SIZES["llama-micro"], depth="noisy_stack", width="random", seed=3)
     assert torch.equal(again.residual.weight, op.residual.weight)  # seeded
 
@@ -172,8 +172,8 @@ def test_operator_parameter_count_matches_the_factorization():
     op, _ = grow(make_donor(d), t)
     trainable = sum(p.numel() for p in op.parameters() if p.requires_grad)
     depth = 9 * t.layers * d.layers  # one L2 x L1 matrix per module type (9 in LLaMA)
-    residual = t.hidden * d.hidden + d.hidden
-    per_layer = (t.heads * d.heads + d.heads) + 2 * t.kv_heads * d.kv_heads + t.ffn * d.ffn + d.ffn
+    residual = t.hidden * d.hidden + t.hidden  # P and a consumer scale per target unit
+    per_layer = (t.heads * d.heads + t.heads) + 2 * t.kv_heads * d.kv_heads + t.ffn * d.ffn + t.ffn
     assert trainable == depth + residual + t.layers * per_layer
     assert all(not p.requires_grad for p in op.donor.parameters())
 

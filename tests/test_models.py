@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pipeline.config import load_config
-from pipeline.models import SIZES, build_model, hf_config, resolve_shape
+from pipeline.models.hf import build_model, hf_config
+from pipeline.models.sizes import SIZES, resolve_shape
 
 TOKEN_IDS = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
 

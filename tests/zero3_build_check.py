@@ -9,7 +9,8 @@ import torch
 from pipeline.config import load_config
 from pipeline.data.loader import PackedSamples, validation_batches
 from pipeline.engine import build_engine, deepspeed_config, init_distributed, model_construction
-from pipeline.models import build_model, hf_config, resolve_shape
+from pipeline.models.hf import build_model, hf_config
+from pipeline.models.sizes import resolve_shape
 
 out_path, data_dir = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 rank, world_size = init_distributed()

@@ -33,7 +33,8 @@ def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.engine import build_engine, deepspeed_config, init_distributed
     from pipeline.grow import GrowStage
-    from pipeline.models import hf_config, resolve_shape, special_token_ids
+    from pipeline.models.hf import hf_config, special_token_ids
+    from pipeline.models.sizes import resolve_shape
     from pipeline.train import PretrainStage
 
     config = load_config(recipe, overrides)
@@ -61,7 +62,8 @@ def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int
 def save_random_donor(spec: str, config, out_dir: Path) -> None:
     from pipeline.data.packing import read_meta
     from pipeline.data.tokenizer import load_tokenizer
-    from pipeline.models import resolve_shape, save_initialized_model
+    from pipeline.models.hf import save_initialized_model
+    from pipeline.models.sizes import resolve_shape
     size, _, fields = spec.partition(":")
     shape_overrides = [f"model.size={size}"] + [f"model.{f}" for f in fields.split(",") if f]
     shape = resolve_shape(load_config("tiny", shape_overrides).model)

@@ -48,9 +48,10 @@ from pipeline.data.tokenizer import load_tokenizer
 from pipeline.engine import free_port
 from pipeline.flops import training_flops_per_token
 from pipeline.grow import GrowStage
-from pipeline.growth.init import DEPTH_SCHEMES, WIDTH_SCHEMES
+from pipeline.growth.schemes import DEPTH_SCHEMES, WIDTH_SCHEMES
 from pipeline.metrics import read_metrics
-from pipeline.models import resolve_shape, save_initialized_model
+from pipeline.models.hf import save_initialized_model
+from pipeline.models.sizes import resolve_shape
 from pipeline.resume import breaking_changes
 from pipeline.train import PretrainStage
 

@@ -35,7 +35,8 @@ def plain_tokens_per_s(config, warmup: int) -> float:
     from pipeline.data.loader import PackedSamples, TrainBatches
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.engine import parameter_groups, warmup_cosine
-    from pipeline.models import build_model, hf_config, resolve_shape, special_token_ids
+    from pipeline.models.hf import build_model, hf_config, special_token_ids
+    from pipeline.models.sizes import resolve_shape
     from pipeline.train import seed_everything
 
     t = config.train

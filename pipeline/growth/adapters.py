@@ -1,23 +1,24 @@
 """Architecture adapters: HF parameter names <-> a canonical, family-independent layout.
 
 Canonical layout (every matrix in torch.nn.Linear orientation, (out, in)):
-  globals: embed (V, D), pos (T, D) [GPT-2], final_norm.weight/.bias (D), head (V, D) [untied only]
-  layer:   attn_norm, q, k, v, o, mlp_norm, up, gate [LLaMA], down   (".weight", ".bias" where present)
+  globals: embed (V, D), pos (T, D) [learned positions], final_norm.weight/.bias (D), head (V, D) [untied]
+  layer:   attn_norm, q, k, v, o, mlp_norm, up, gate [gated MLPs], down   (".weight", ".bias" where present)
 
 Each canonical module has a *role*: which width expansion acts on its rows (what it produces) and
-which on its columns (what it reads). The growth operator works only with roles, so a new family
-needs only a name map and its quirks (GPT-2's Conv1D stores (in, out) and fuses q/k/v into c_attn).
+which on its columns (what it reads). The growth operator works only with roles, so a new family is
+one small file (see gpt2.py, llama.py) that subclasses `Adapter`: its name map, its quirks (GPT-2's
+Conv1D stores (in, out) and fuses q/k/v into c_attn), and where the grown model's modules live.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 
-# role of each canonical layer module: (row expansion, column expansion); None = not expanded.
+# role of each canonical layer module: (row expansion, column expansion).
 # "residual" rows = writes the residual stream; "residual" columns = reads it.
 LAYER_ROLES = {
     "attn_norm": ("residual", None), "mlp_norm": ("residual", None),
@@ -26,22 +27,25 @@ LAYER_ROLES = {
     "up": ("ffn", "residual"), "gate": ("ffn", "residual"), "down": ("residual", "ffn"),
 }
 NORMS = ("attn_norm", "mlp_norm")
-GLOBAL_NAMES = {
-    "gpt2": {"embed": "transformer.wte.weight", "pos": "transformer.wpe.weight",
-             "final_norm.weight": "transformer.ln_f.weight", "final_norm.bias": "transformer.ln_f.bias"},
-    "llama": {"embed": "model.embed_tokens.weight", "final_norm.weight": "model.norm.weight", "head": "lm_head.weight"},
-}
-LLAMA_NAMES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-               "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
-               "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+# modules that add into the residual stream: a layer whose writers are zero is an identity
+RESIDUAL_WRITERS = tuple(k for k, (rows, _) in LAYER_ROLES.items() if rows == "residual" and k not in NORMS)
 
 
-@dataclass(frozen=True)
 class Adapter:
+    """One model family. Subclasses set the class attributes and implement the name maps."""
     family: str
-    layer_modules: tuple[str, ...]
-    has_bias: bool
-    tied_head: bool
+    layer_modules: tuple[str, ...]  # canonical modules of one decoder layer
+    global_names: dict[str, str]  # canonical global key -> HF name
+    has_bias: bool  # linear layers and norms have biases
+    layer_norm: bool  # LayerNorm (centres the residual stream) rather than RMSNorm
+    norm_eps_key: str  # the HF config key of the norms' eps
+
+    def __init__(self, hf_config):
+        self.tied_head = bool(hf_config.tie_word_embeddings)
+
+    @property
+    def residual_writers(self) -> tuple[str, ...]:
+        return tuple(k for k in RESIDUAL_WRITERS if k in self.layer_modules)
 
     def layer_keys(self) -> list[str]:
         keys = []
@@ -51,74 +55,44 @@ class Adapter:
                 keys.append(f"{name}.bias")
         return keys
 
-    # --- HF -> canonical -----------------------------------------------------------------------
+    def global_name(self, key: str) -> str:
+        return self.global_names[key]
+
     def to_canonical(self, hf: dict[str, torch.Tensor], layers: int) -> tuple[dict, list[dict]]:
+        """An HF state dict -> (globals, one dict per layer) in canonical names."""
         try:
-            if self.family == "gpt2":
-                if "wte.weight" in hf:  # original GPT-2 checkpoints store the body without its prefix
-                    hf = {f"transformer.{k}": v for k, v in hf.items()}
-                return _gpt2_to_canonical(hf, layers)
-            return _llama_to_canonical(hf, layers, self.tied_head)
+            hf = self.normalize_names(hf)
+            g = {key: hf[name] for key, name in self.global_names.items() if not (key == "head" and self.tied_head)}
+            return g, [self.layer_to_canonical(hf, self.layer_prefix(i)) for i in range(layers)]
         except KeyError as err:
             raise ConfigError(f"donor checkpoint has no tensor {err}: it does not match its config.json") from None
 
-    # --- canonical -> HF -----------------------------------------------------------------------
+    def normalize_names(self, hf: dict) -> dict:
+        """Checkpoint naming variants -> the names the HF model class uses."""
+        return hf
+
+    def layer_to_canonical(self, hf: dict, prefix: str) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
     def layer_to_hf(self, layer: dict) -> dict[str, torch.Tensor]:
         """Names relative to one decoder layer module (for torch.func.functional_call)."""
-        if self.family == "gpt2":
-            out = {"ln_1.weight": layer["attn_norm.weight"], "ln_1.bias": layer["attn_norm.bias"],
-                   "ln_2.weight": layer["mlp_norm.weight"], "ln_2.bias": layer["mlp_norm.bias"],
-                   "attn.c_attn.weight": torch.cat([layer["q.weight"], layer["k.weight"], layer["v.weight"]]).T,
-                   "attn.c_attn.bias": torch.cat([layer["q.bias"], layer["k.bias"], layer["v.bias"]]),
-                   "attn.c_proj.weight": layer["o.weight"].T, "attn.c_proj.bias": layer["o.bias"],
-                   "mlp.c_fc.weight": layer["up.weight"].T, "mlp.c_fc.bias": layer["up.bias"],
-                   "mlp.c_proj.weight": layer["down.weight"].T, "mlp.c_proj.bias": layer["down.bias"]}
-            return out
-        return {f"{LLAMA_NAMES[key.split('.')[0]]}.weight": value for key, value in layer.items()}
+        raise NotImplementedError
 
     def layer_prefix(self, i: int) -> str:
-        return f"transformer.h.{i}." if self.family == "gpt2" else f"model.layers.{i}."
+        raise NotImplementedError
 
-    def global_name(self, key: str) -> str:
-        return GLOBAL_NAMES[self.family][key]
+    def wire(self, model, wrap: Callable, global_weights: Callable[..., Callable]) -> torch.nn.ModuleList:
+        """Replace the embeddings, final norm and head of an HF model skeleton by `wrap(module, weights)`
+        (global_weights(hf param name -> canonical key) makes the weights callable); return its layers."""
+        raise NotImplementedError
+
 
 def adapter_for(hf_config) -> Adapter:
+    from pipeline.growth.gpt2 import GPT2Adapter
+    from pipeline.growth.llama import LlamaAdapter
+
+    families = {adapter.family: adapter for adapter in (GPT2Adapter, LlamaAdapter)}
     model_type = getattr(hf_config, "model_type", None)
-    if model_type == "gpt2":
-        return Adapter("gpt2", ("attn_norm", "q", "k", "v", "o", "mlp_norm", "up", "down"), has_bias=True,
-                       tied_head=True)
-    if model_type == "llama":
-        if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
-            raise ConfigError("LLaMA donors with attention/MLP biases are not supported yet")
-        return Adapter("llama", ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down"),
-                       has_bias=False, tied_head=bool(hf_config.tie_word_embeddings))
-    raise ConfigError(f"donor architecture {model_type!r} is not supported: growth knows 'gpt2' and 'llama'")
-
-
-def _globals_to_canonical(hf: dict, family: str, tied: bool) -> dict:
-    return {key: hf[name] for key, name in GLOBAL_NAMES[family].items() if not (key == "head" and tied)}
-
-
-def _gpt2_to_canonical(hf: dict, layers: int) -> tuple[dict, list[dict]]:
-    g = _globals_to_canonical(hf, "gpt2", tied=True)
-    out = []
-    for i in range(layers):
-        p = f"transformer.h.{i}."
-        qkv_w = hf[p + "attn.c_attn.weight"].T  # Conv1D (in, out) -> (out, in)
-        q_w, k_w, v_w = qkv_w.chunk(3, dim=0)
-        q_b, k_b, v_b = hf[p + "attn.c_attn.bias"].chunk(3)
-        out.append({
-            "attn_norm.weight": hf[p + "ln_1.weight"], "attn_norm.bias": hf[p + "ln_1.bias"],
-            "q.weight": q_w, "q.bias": q_b, "k.weight": k_w, "k.bias": k_b, "v.weight": v_w, "v.bias": v_b,
-            "o.weight": hf[p + "attn.c_proj.weight"].T, "o.bias": hf[p + "attn.c_proj.bias"],
-            "mlp_norm.weight": hf[p + "ln_2.weight"], "mlp_norm.bias": hf[p + "ln_2.bias"],
-            "up.weight": hf[p + "mlp.c_fc.weight"].T, "up.bias": hf[p + "mlp.c_fc.bias"],
-            "down.weight": hf[p + "mlp.c_proj.weight"].T, "down.bias": hf[p + "mlp.c_proj.bias"],
-        })
-    return g, out
-
-
-def _llama_to_canonical(hf: dict, layers: int, tied: bool) -> tuple[dict, list[dict]]:
-    g = _globals_to_canonical(hf, "llama", tied)
-    return g, [{f"{k}.weight": hf[f"model.layers.{i}.{name}.weight"] for k, name in LLAMA_NAMES.items()}
-               for i in range(layers)]
+    if model_type not in families:
+        raise ConfigError(f"donor architecture {model_type!r} is not supported: growth knows {sorted(families)}")
+    return families[model_type](hf_config)

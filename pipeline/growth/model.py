@@ -26,9 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM
 
 from pipeline.growth.operator import GrowthOperator
-
-
-RECOMPUTE_MODES = ("weights", "activations", "none")
+from pipeline.growth.schemes import RECOMPUTE_MODES
 
 
 class RegeneratedWeights:
@@ -101,28 +99,13 @@ class GrownModel(nn.Module):
         self._wire(skeleton, operator)
 
     def _wire(self, skeleton, op: GrowthOperator) -> None:
-        g = op.globals
-
         def wrap(module, weights):
             return Generated(module, weights, self.recompute)
 
-        def weight_of(key):
-            return lambda: {"weight": g(key)}
+        def global_weights(**keys):  # HF parameter name -> canonical global key
+            return lambda: {name: op.globals(key) for name, key in keys.items()}
 
-        if op.adapter.family == "gpt2":
-            body = skeleton.transformer
-            body.wte = wrap(body.wte, weight_of("embed"))
-            body.wpe = wrap(body.wpe, weight_of("pos"))
-            body.ln_f = wrap(body.ln_f, lambda: {"weight": g("final_norm.weight"), "bias": g("final_norm.bias")})
-            layers = body.h
-        else:
-            body = skeleton.model
-            body.embed_tokens = wrap(body.embed_tokens, weight_of("embed"))
-            body.norm = wrap(body.norm, weight_of("final_norm.weight"))
-            # the rotary embedding holds buffers, not weights: give it real ones
-            body.rotary_emb = type(body.rotary_emb)(config=skeleton.config)
-            layers = body.layers
-        skeleton.lm_head = wrap(skeleton.lm_head, weight_of("embed" if op.adapter.tied_head else "head"))
+        layers = op.adapter.wire(skeleton, wrap, global_weights)
         for i, generator in enumerate(op.layers):
             layers[i] = wrap(layers[i], _layer_weights(generator, op.adapter))
 

@@ -2,19 +2,22 @@
 
 For each canonical module type k (q, k, v, o, norms, MLP matrices) and target layer i:
     blended = sum_j w_k[i, j] * donor_layer_j.k                  depth: w_k in R^{L2 x L1}
-    target  = P_rows(i) @ blended @ C_cols(i)^T                   width, by the module's role
+    target  = Rows(i) @ blended @ Cols(i)^T                       width, by the module's role
 Width expansions (adapters.LAYER_ROLES):
   residual   one global expansion (D1 -> D2) shared by embeddings, every residual reader and writer,
              the norms and the LM head: the paper's key tying.
   q_heads, k_heads, v_heads, ffn   per target layer; heads grow in whole heads (head_dim fixed), so
              the expansion is H (x) I_head_dim with H over head indices.
-Each expansion is a pair (P, s): producers (rows) use P; consumers (columns) use P diag(s) (K and V
-heads have no consumer weight, so they have no s). The paper
-ties consumers to the same matrix (A_o = B_v, A_fc2 = B_fc1, A_qkv = B_emb); the extra per-unit scale
-s (N1 numbers) lets the same tying also express fan-in-normalized, function-preserving growth
-(Net2Net / HyperCloning): for a copy expansion, C^T P = diag(s * copies) = I.
-Norm gains are multiplied by ||P||_F / sqrt(D2), the factor by which the expansion changes the
-RMS of the residual stream (1 for equal-count copies, sqrt(D1/D2) for zero-padding).
+An expansion holds P (N2 x N1) and a consumer scale b (N2): producers (rows) use P, consumers
+(columns) use diag(b) P (K and V heads have no consumer weight, so no b). The paper ties consumers to
+the same matrix (A_o = B_v, A_fc2 = B_fc1, A_qkv = B_emb); the per-unit scale lets the same tying
+express function-preserving growth: a copy expansion with b = 1/copies (Net2Net / HyperCloning) or
+unequal shares of a copied unit (LEMON) gives C^T P = I. The residual stream may also have its own
+writer matrix for its producers (lossless growth writes its new units as zero or as the mean while its
+readers' new columns are non-zero; init.py), and a gate on the norms' new bias entries.
+Norm gains are expanded by P and multiplied by the factor by which the expansion changes the RMS
+(RMSNorm) or the standard deviation (LayerNorm) of the residual stream: 1 for equal-count copies,
+sqrt(D1/D2) for zero or mean new units.
 
 Order of operations: depth blend in the donor's width, then expansion per target layer, as in the
 official code: the target is generated one layer at a time at the cost of L2 (not L1*L2) expansions.
@@ -26,14 +29,16 @@ Everything here is plain torch (no DeepSpeed): generator modules own their param
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.growth.adapters import LAYER_ROLES, NORMS, Adapter
-from pipeline.growth.init import depth_init, head_sources, next_layer, original_units, width_init
+from pipeline.growth.init import (ExpansionInit, copy_sources, depth_init, equal_copies, head_sources, new_layers,
+                                  next_layer, original_units, width_init)
+from pipeline.models.hf import resized_config
 from pipeline.models.sizes import ModelShape
 
 
@@ -41,13 +46,13 @@ from pipeline.models.sizes import ModelShape
 class GrowthPlan:
     donor: ModelShape
     target: ModelShape
-    depth_init: str = "stack"
-    width_init: str = "copy"
+    depth_init: str = "identity"
+    width_init: str = "lossless"
     seed: int = 0
     depth_coefficients: str = "per_module"  # or "shared": one depth matrix for every module type
+    new_layers: str = "interleave"  # where depth_init=identity puts the new layers
 
 
-DEPTH_COEFFICIENTS = ("per_module", "shared")
 SHARED = "shared"  # the key of the one depth matrix under depth_coefficients=shared
 
 
@@ -73,26 +78,65 @@ def check_plan(plan: GrowthPlan) -> None:
         raise ConfigError(f"GPT-2 target max_positions {t.max_positions} > donor's {d.max_positions}: the learned "
                           f"position embeddings of the extra positions would have no source")
     head_sources(d.heads, d.kv_heads, t.heads, t.kv_heads)  # raises if KV groups cannot map
+    if plan.depth_init == "identity" and plan.depth_coefficients == SHARED:
+        raise ConfigError("depth_init=identity needs per_module depth coefficients: a new layer's residual "
+                          "writers start at zero while its readers copy a donor layer")
+
+
+def lossy_choices(plan: GrowthPlan) -> list[str]:
+    """Warnings for starts that silently lose the donor's function where a user may expect otherwise,
+    each naming the lossless alternative (deliberately lossy heuristics such as aki are not flagged)."""
+    d, t = plan.donor, plan.target
+    notes = []
+    if plan.depth_init in ("stack", "noisy_stack") and t.layers > d.layers and t.layers % d.layers:
+        notes.append(f"depth_init={plan.depth_init} with {d.layers} -> {t.layers} layers (not a multiple) puts copies "
+                     f"of the donor's bottom layers on top of its last one; depth_init=identity is lossless")
+    if plan.width_init == "copy" and not equal_copies(copy_sources(d.hidden, t.hidden), d.hidden):
+        notes.append(f"width_init=copy with a non-integer residual ratio (hidden {d.hidden} -> {t.hidden}) changes "
+                     f"every norm's statistics; width_init=lossless is exact at any ratio")
+    return notes
+
+
+def norm_eps_scale(plan: GrowthPlan) -> float:
+    """The factor for the target's norm eps: lossless width pads the residual stream with units whose
+    mean square (RMSNorm) or variance (LayerNorm) is zero, so the statistic shrinks by D1/D2 and the
+    eps must shrink with it for the norm to be exact."""
+    return plan.donor.hidden / plan.target.hidden if plan.width_init == "lossless" else 1.0
+
+
+def grown_config(donor_config, plan: GrowthPlan, adapter: Adapter):
+    """The grown model's HF config: the donor's hyperparameters (RoPE base, activation, tying, ...) with
+    the target's shape, and the norm eps lossless growth needs."""
+    config = resized_config(donor_config, plan.target)
+    setattr(config, adapter.norm_eps_key, getattr(config, adapter.norm_eps_key) * norm_eps_scale(plan))
+    return config
 
 
 class Expansion(nn.Module):
-    """N1 -> N2 in blocks of `block` (1, or head_dim for heads): producer P, consumer P diag(s)."""
+    """N1 -> N2 in blocks of `block` (1, or head_dim for heads): producers use the writer matrix (P unless
+    the residual has its own), consumers diag(scale) P, norm vectors P (gains) and gate * writer rows
+    (LayerNorm biases)."""
 
-    def __init__(self, p: torch.Tensor, s: torch.Tensor | None, block: int = 1):
+    def __init__(self, init: ExpansionInit, block: int = 1, layer_norm: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(p.clone())
+        self.weight = nn.Parameter(init.weight.clone())
         # K and V heads have no consumer weight (attention reads them), so no scale
-        self.scale = None if s is None else nn.Parameter(s.clone())
+        self.scale = None if init.scale is None else nn.Parameter(init.scale.clone())
+        self.writer = None if init.writer is None else nn.Parameter(init.writer.clone())
+        self.norm_bias_gate = None if init.norm_bias_gate is None else nn.Parameter(init.norm_bias_gate.clone())
         self.block = block
+        self.layer_norm = layer_norm  # the residual stream's norm centres it: ratio of standard deviations
         # which target units are the donor's own (first copies): AKI takes the others from the next layer
-        self.register_buffer("original", original_units(p).repeat_interleave(block), persistent=False)
+        self.register_buffer("original", original_units(init.weight).repeat_interleave(block), persistent=False)
 
     def matrix(self, consumer: bool) -> torch.Tensor:
-        return self.weight * self.scale if consumer else self.weight
+        if consumer:
+            return self.weight * self.scale[:, None]
+        return self.weight if self.writer is None else self.writer
 
-    def rows(self, w: torch.Tensor, consumer: bool = False) -> torch.Tensor:
+    def rows(self, w: torch.Tensor, consumer: bool = False, matrix: torch.Tensor | None = None) -> torch.Tensor:
         """Expand dim 0 of a matrix or vector."""
-        m = self.matrix(consumer)
+        m = self.matrix(consumer) if matrix is None else matrix
         blocks = w.reshape(m.shape[1], self.block, -1)
         return torch.einsum("pn,nbi->pbi", m, blocks).reshape(m.shape[0] * self.block, *w.shape[1:])
 
@@ -102,9 +146,25 @@ class Expansion(nn.Module):
         blocks = w.reshape(w.shape[0], m.shape[1], self.block)
         return torch.einsum("pn,onb->opb", m, blocks).reshape(w.shape[0], m.shape[0] * self.block)
 
-    def rms_ratio(self) -> torch.Tensor:
-        """RMS(P x) / RMS(x) for an isotropic x."""
-        return self.weight.norm() / self.weight.shape[0] ** 0.5
+    def norm_vector(self, v: torch.Tensor, kind: str, consumer: bool = False) -> torch.Tensor:
+        """A norm's gain ("weight") or bias expanded to the residual's units. Gains take P (new units get
+        non-zero gains, so gradient reaches them) and the stream's scale change; biases are written into
+        the normed stream like the residual's writers do, gated (lossless LayerNorm: 0 at new units)."""
+        if kind == "weight":
+            return self.rows(v, consumer, self.weight * self.scale[:, None] if consumer else self.weight) \
+                * self.stream_ratio()
+        value = self.rows(v, consumer)
+        return value if self.norm_bias_gate is None else value * self.norm_bias_gate
+
+    def stream_ratio(self) -> torch.Tensor:
+        """RMS (std for LayerNorm) of the written stream over the donor's, for an isotropic donor stream:
+        ||W||_F / sqrt(N2), or with both sides centred, ||C2 W C1||_F / sqrt(N2 (N1 - 1) / N1)."""
+        w = self.matrix(consumer=False)
+        n2, n1 = w.shape
+        if not self.layer_norm:
+            return w.norm() / n2 ** 0.5
+        centred = w - w.mean(dim=0, keepdim=True) - w.mean(dim=1, keepdim=True) + w.mean()
+        return centred.norm() / (n2 * (n1 - 1) / n1) ** 0.5
 
 
 def _cheaper_order(rows: tuple[int, int, int], cols: tuple[int, int, int]) -> tuple[bool, int]:
@@ -154,7 +214,7 @@ def generation_flops(plan: GrowthPlan, adapter: Adapter, vocab_size: int) -> int
     if plan.width_init == "aki":
         per_layer *= 2  # new units blend the next donor layers: a second generation
     # embeddings and head expand their columns; the final norm's weight (and bias) are expanded vectors
-    global_rows = (vocab_size * (1 if adapter.tied_head else 2) + (t.max_positions if adapter.family == "gpt2" else 0)
+    global_rows = (vocab_size * (1 if adapter.tied_head else 2) + (t.max_positions if "pos" in adapter.global_names else 0)
                    + (2 if adapter.has_bias else 1))
     return t.layers * per_layer + 2 * global_rows * d.hidden * t.hidden
 
@@ -204,15 +264,13 @@ class LayerGenerator(nn.Module):
         residual, donor = self._shared
         module, kind = key.split(".")
         blended = torch.einsum("j,j...->...", depth_coefficients_of(depth, module), donor.stack(key))
+        if module in NORMS:
+            return residual.norm_vector(blended, kind)
         row_role, col_role = LAYER_ROLES[module]
         rows = self._expansion(row_role)
-        if kind == "weight" and col_role is not None:
-            value = _expand_both(blended, rows, self._expansion(col_role))
-        else:
-            value = rows.rows(blended)
-        if module in NORMS and kind == "weight":
-            value = value * residual.rms_ratio()
-        return value
+        if kind == "weight":
+            return _expand_both(blended, rows, self._expansion(col_role))
+        return rows.rows(blended)
 
     def _old_units(self, key: str, shape: torch.Size) -> torch.Tensor:
         """Mask of the entries that involve only the donor's own units (first copies)."""
@@ -260,8 +318,55 @@ class GlobalGenerator(nn.Module):
             return residual.cols(donor, consumer=True)
         # final norm: with a tied head the head (= expanded embedding) cannot carry the consumer
         # scale, so the final norm's output takes it instead.
-        value = residual.rows(donor, consumer=self.adapter.tied_head)
-        return value * residual.rms_ratio() if key == "final_norm.weight" else value
+        return residual.norm_vector(donor, key.split(".")[1], consumer=self.adapter.tied_head)
+
+
+@dataclass
+class OperatorInit:
+    """The operator's initial trainable values (fp32), from the plan alone (init.py)."""
+    residual: ExpansionInit
+    layer_expansions: list[dict[str, ExpansionInit]]  # per target layer: q_heads, k_heads, v_heads, ffn
+    depth: dict[str, torch.Tensor]  # module type (or SHARED) -> L2 x L1
+    depth_new: dict[str, torch.Tensor] | None = field(default=None)  # AKI: the new units' depth blend
+
+    def named_values(self):
+        """(name, value) pairs named as GrowthOperator.named_parameters() names its trainable ones."""
+        def expansion(prefix, init: ExpansionInit):
+            for name in ("weight", "scale", "writer", "norm_bias_gate"):
+                if getattr(init, name) is not None:
+                    yield f"{prefix}.{name}", getattr(init, name)
+        yield from expansion("residual", self.residual)
+        for i, expansions in enumerate(self.layer_expansions):
+            for k, w in self.depth.items():
+                yield f"layers.{i}.depth.{k}", w[i]
+            for k, w in (self.depth_new or {}).items():
+                yield f"layers.{i}.depth_new.{k}", w[i]
+            for role, init in expansions.items():
+                yield from expansion(f"layers.{i}.expansions.{role}", init)
+
+
+def operator_init(plan: GrowthPlan, adapter: Adapter) -> OperatorInit:
+    d, t = plan.donor, plan.target
+    gen = torch.Generator().manual_seed(plan.seed)
+    residual = width_init(plan.width_init, d.hidden, t.hidden, gen,
+                          residual_norm="layer" if adapter.layer_norm else "rms")
+    q_src, kv_src = head_sources(d.heads, d.kv_heads, t.heads, t.kv_heads)
+    layers = []
+    for _ in range(t.layers):
+        kv = [width_init(plan.width_init, d.kv_heads, t.kv_heads, gen, kv_src) for _ in range(2)]
+        layers.append({
+            "q_heads": width_init(plan.width_init, d.heads, t.heads, gen, q_src),
+            "k_heads": ExpansionInit(kv[0].weight, None), "v_heads": ExpansionInit(kv[1].weight, None),
+            "ffn": width_init(plan.width_init, d.ffn, t.ffn, gen),
+        })
+    keys = adapter.layer_modules if plan.depth_coefficients == "per_module" else (SHARED,)
+    depth = {k: depth_init(plan.depth_init, d.layers, t.layers, gen, plan.new_layers) for k in keys}
+    new = torch.tensor(new_layers(plan.depth_init, d.layers, t.layers, plan.new_layers))
+    for k in adapter.residual_writers:  # identity layers: their writers add nothing to the residual
+        if k in depth:
+            depth[k][new] = 0.0
+    depth_new = {k: next_layer(w) for k, w in depth.items()} if plan.width_init == "aki" else None
+    return OperatorInit(residual, layers, depth, depth_new)
 
 
 class GrowthOperator(nn.Module):
@@ -269,33 +374,19 @@ class GrowthOperator(nn.Module):
         super().__init__()
         check_plan(plan)
         d, t = plan.donor, plan.target
-        gen = torch.Generator().manual_seed(plan.seed)
         self.plan, self.adapter = plan, adapter
-        self.residual = Expansion(*width_init(plan.width_init, d.hidden, t.hidden, gen))
+        init = operator_init(plan, adapter)
+        self.residual = Expansion(init.residual, layer_norm=adapter.layer_norm)
         self.donor = DonorLayers(donor_layers)
         self.globals = GlobalGenerator(donor_globals, self.residual, adapter, t.max_positions)
-        q_src, kv_src = head_sources(d.heads, d.kv_heads, t.heads, t.kv_heads)
-        modules = adapter.layer_modules
-        layers = []
-        for _ in range(t.layers):
-            expansions = {
-                "q_heads": Expansion(*width_init(plan.width_init, d.heads, t.heads, gen, q_src), block=d.head_dim),
-                "k_heads": Expansion(width_init(plan.width_init, d.kv_heads, t.kv_heads, gen, kv_src)[0], None,
-                                     block=d.head_dim),
-                "v_heads": Expansion(width_init(plan.width_init, d.kv_heads, t.kv_heads, gen, kv_src)[0], None,
-                                     block=d.head_dim),
-                "ffn": Expansion(*width_init(plan.width_init, d.ffn, t.ffn, gen)),
-            }
-            layers.append(expansions)
-        # one depth matrix per module type (the paper) or one for all, split by target layer row (each
-        # generator owns its row)
-        keys = modules if plan.depth_coefficients == "per_module" else (SHARED,)
-        depth = {k: depth_init(plan.depth_init, d.layers, t.layers, gen) for k in keys}
-        depth_new = {k: next_layer(w) for k, w in depth.items()} if plan.width_init == "aki" else None
+        blocks = {"q_heads": d.head_dim, "k_heads": d.head_dim, "v_heads": d.head_dim, "ffn": 1}
+        # each generator owns its target layer's row of the depth matrices
         self.layers = nn.ModuleList(
-            LayerGenerator({k: depth[k][i] for k in keys}, layers[i], self.residual, self.donor, adapter,
-                           None if depth_new is None else {k: depth_new[k][i] for k in keys})
-            for i in range(t.layers))
+            LayerGenerator({k: w[i] for k, w in init.depth.items()},
+                           {role: Expansion(e, blocks[role]) for role, e in expansions.items()},
+                           self.residual, self.donor, adapter,
+                           None if init.depth_new is None else {k: w[i] for k, w in init.depth_new.items()})
+            for i, expansions in enumerate(init.layer_expansions))
 
     def depth_matrix(self, module: str) -> torch.Tensor:
         return torch.stack([depth_coefficients_of(layer.depth, module) for layer in self.layers])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from pipeline.config import ConfigError, ModelConfig
+from pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ SIZES: dict[str, ModelShape] = {
 }
 
 
-def resolve_shape(model: ModelConfig) -> ModelShape:
-    """Named size + explicit overrides -> a checked shape."""
+def resolve_shape(model) -> ModelShape:
+    """Named size + explicit overrides (a config.ModelConfig) -> a checked shape."""
     if model.size not in SIZES:
         raise ConfigError(f"model.size={model.size!r} is not a known size; choose one of {sorted(SIZES)}")
     overrides = {name: getattr(model, name) for name in ("layers", "hidden", "heads", "kv_heads", "ffn",

@@ -1,0 +1,81 @@
+"""Model families as Hugging Face models: GPT-2 (`GPT2LMHeadModel`) and LLaMA (`LlamaForCausalLM`).
+
+The model code never knows about parallelism: ZeRO-3 partitioned construction is arranged by
+`pipeline.engine`, which calls `build_model` inside its DeepSpeed context.
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
+
+from pipeline.errors import ConfigError
+from pipeline.models.sizes import ModelShape
+
+
+def special_token_ids(tokenizer) -> dict:
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
+def hf_config(shape: ModelShape, vocab_size: int, token_ids: dict, init_std: float | None = None) -> PretrainedConfig:
+    """Our shape -> the HF config. Dropout is off: pretraining at this scale does not use it, and
+    it keeps the loss curve a pure function of (config, seed, data order)."""
+    init = {} if init_std is None else {"initializer_range": init_std}
+    if shape.family == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_positions=shape.max_positions, n_embd=shape.hidden,
+                          n_layer=shape.layers, n_head=shape.heads, n_inner=shape.ffn, resid_pdrop=0.0,
+                          embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, **token_ids, **init)
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=shape.hidden, intermediate_size=shape.ffn,
+                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                       num_key_value_heads=shape.kv_heads, max_position_embeddings=shape.max_positions,
+                       attention_dropout=0.0, tie_word_embeddings=False, **token_ids, **init)
+
+
+def shape_of(config: PretrainedConfig) -> ModelShape:
+    """Our shape of an HF GPT-2 or LLaMA config (e.g. a donor checkpoint's)."""
+    if config.model_type == "gpt2":
+        return ModelShape("gpt2", layers=config.n_layer, hidden=config.n_embd, heads=config.n_head,
+                          kv_heads=config.n_head, ffn=config.n_inner or 4 * config.n_embd,
+                          max_positions=config.n_positions)
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim not in (None, config.hidden_size // config.num_attention_heads):
+        raise ConfigError(f"LLaMA config with head_dim={head_dim} != hidden/heads is not supported")
+    return ModelShape("llama", layers=config.num_hidden_layers, hidden=config.hidden_size,
+                      heads=config.num_attention_heads,
+                      kv_heads=config.num_key_value_heads or config.num_attention_heads,
+                      ffn=config.intermediate_size, max_positions=config.max_position_embeddings)
+
+
+def resized_config(config: PretrainedConfig, shape: ModelShape) -> PretrainedConfig:
+    """A copy of an HF config with only the shape changed (every other hyperparameter kept)."""
+    config = config.__class__.from_dict(config.to_dict())
+    if shape.family == "gpt2":
+        config.update(dict(n_layer=shape.layers, n_embd=shape.hidden, n_head=shape.heads, n_inner=shape.ffn,
+                           n_positions=shape.max_positions))
+    else:
+        config.update(dict(num_hidden_layers=shape.layers, hidden_size=shape.hidden,
+                           num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+                           intermediate_size=shape.ffn, max_position_embeddings=shape.max_positions,
+                           head_dim=shape.head_dim))
+    return config
+
+
+def build_model(config: PretrainedConfig | None, init_from: str | None = None) -> transformers.PreTrainedModel:
+    """A freshly initialized model from ``config``, or the weights of the HF dir ``init_from``.
+
+    Always through ``from_config``/``from_pretrained``: those honour an active ZeRO-3 context
+    (partitioned construction and correct init); calling the model class directly does not.
+    """
+    if init_from is not None:
+        return AutoModelForCausalLM.from_pretrained(init_from, dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def save_initialized_model(shape: ModelShape, tokenizer, vocab_size: int, out_dir, seed: int) -> None:
+    """A freshly initialized model of `shape` with `tokenizer`, written as an HF dir: an untrained donor
+    (the growth benchmark's control; the grow-cost benchmark, whose timing does not depend on weights)."""
+    torch.manual_seed(seed)
+    build_model(hf_config(shape, vocab_size, special_token_ids(tokenizer))).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
