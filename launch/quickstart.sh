@@ -24,9 +24,10 @@ def val(run):
     return [(r["step"], r["val/loss"]) for r in read_metrics(f"runs/tiny/{run}") if "val/loss" in r]
 grow = json.load(open("runs/tiny/grow/report.json"))
 print(f"[quickstart] donor llama-nano: validation loss {val('donor')[0][1]:.3f} -> {val('donor')[-1][1]:.3f}")
-print(f"[quickstart] llama-micro at step 0: scratch {val('scratch')[0][1]:.3f}, heuristic growth "
-      f"{grow['val_loss_heuristic_init']:.3f}, LiGO after {grow['operator_steps']} operator steps "
-      f"{grow['val_loss_after_operator_training']:.3f}")
+plan = grow["plan"]
+print(f"[quickstart] llama-micro at step 0: scratch {val('scratch')[0][1]:.3f}, grown ({plan['depth_init']}+"
+      f"{plan['width_init']}) {grow['val_loss_heuristic_init']:.3f} (the donor: {grow['val_loss_donor']:.3f}), "
+      f"LiGO after {grow['operator_steps']} operator steps {grow['val_loss_after_operator_training']:.3f}")
 steps = val('scratch')[-1][0]
 print(f"[quickstart] llama-micro after {steps} steps: scratch {val('scratch')[-1][1]:.3f}, "
       f"grown {val('grown')[-1][1]:.3f}")

@@ -161,8 +161,10 @@ class GrowConfig:
     norms and the MLP matrices) | shared (one matrix for every module type)."""
     steps: int = 100
     """Operator training steps on the target's LM loss (0 = the heuristic init as is)."""
-    lr: float = 1.0e-3
-    """Peak learning rate of the operator (AdamW)."""
+    lr: float = 0.03
+    """Peak learning rate of the operator (AdamW) for a coefficient that scales one unit; a coefficient
+    that blends k donor units or layers gets lr / k (pipeline/growth/operator.py GrowthOperator.fan_in),
+    so a step changes the generated weights by about the same relative amount at any model size."""
     warmup_steps: int = 10
     """Linear warmup to lr (it reaches lr, unlike the official code's 10000-step warmup in 100 steps)."""
     min_lr_ratio: float = 0.1

@@ -136,29 +136,47 @@ class AdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-def restore_param_group_settings(engine, train: TrainConfig) -> None:
+def param_group_decays(engine) -> list[float]:
+    return [group["weight_decay"] for group in engine.client_optimizer.param_groups]
+
+
+def restore_param_group_settings(engine, decays: list[float]) -> None:
     """After loading a universal checkpoint, ZeRO-3 gives every param group group 0's settings
-    (deepspeed/runtime/zero/stage3.py, load of universal optimizer state): put weight decay back."""
-    for group, decay in zip(engine.client_optimizer.param_groups, (train.weight_decay, 0.0)):
+    (deepspeed/runtime/zero/stage3.py, load of universal optimizer state): put each group's weight decay
+    (as built) and learning rate (the restored schedule's) back."""
+    for group, decay, lr in zip(engine.client_optimizer.param_groups, decays, engine.lr_scheduler.get_last_lr()):
         group["weight_decay"] = decay
+        group["lr"] = lr
 
 
 def skip_next_update(engine, skip: bool) -> None:
     engine.client_optimizer.skip_next_update = skip
 
 
-def build_engine(model: torch.nn.Module, train: TrainConfig, ds: dict):
+def build_engine(model: torch.nn.Module, train: TrainConfig, ds: dict, groups: list[dict] | None = None):
     """DeepSpeed engine around ``model`` with torch AdamW (no JIT-built op on CPU) and the LR schedule.
+    `groups`: the optimizer's parameter groups (a group's own "lr" is its peak), default
+    parameter_groups().
 
     The scheduler is handed to DeepSpeed so it is stepped with the optimizer and saved/restored in
     every checkpoint (a scheduler kept outside restarts from step 0 on resume)."""
-    optimizer = AdamW(parameter_groups(model, train.weight_decay), lr=train.lr, betas=(train.beta1, train.beta2),
-                      eps=1e-8)
+    groups = parameter_groups(model, train.weight_decay) if groups is None else groups
+    optimizer = AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
     if engine.zero_optimization_stage() == 3:
         _register_shared_parameters(engine.module)
     return engine
+
+
+def set_master_weights(engine, values) -> None:
+    """Write exact fp32 values (name -> tensor, names as engine.module.named_parameters()) into the
+    optimizer's fp32 master copies. Under bf16 the module's parameters were created in bf16, and the
+    masters DeepSpeed makes from them are bf16 roundings (1/3 -> 0.33398); the next step's copy-back
+    then gives the module the rounding of the exact value. Local to each rank (no collective)."""
+    params = dict(engine.module.named_parameters())
+    for name, value in values:
+        deepspeed.utils.safe_set_full_fp32_param(params[name], value.to(torch.float32))
 
 
 def _register_shared_parameters(model: torch.nn.Module) -> None:

@@ -19,24 +19,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.packing import read_meta
 from pipeline.data.tokenizer import load_tokenizer
-from pipeline.engine import (end_stage_process, full_fp32_state_dict, partitioned_construction,
-                             trainable_parameters_per_rank)
+from pipeline.engine import (all_reduce_mean, build_engine, end_stage_process, full_fp32_state_dict,
+                             partitioned_construction, set_master_weights, trainable_parameters_per_rank)
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
-from pipeline.growth.operator import GrowthOperator, GrowthPlan, check_plan, generation_flops, grown_config
+from pipeline.growth.operator import (GrowthOperator, GrowthPlan, check_plan, generation_flops, grown_config,
+                                      lossy_choices, operator_init)
 from pipeline.metrics import read_metrics
 from pipeline.models.hf import shape_of
 from pipeline.models.sizes import resolve_shape
@@ -69,6 +71,9 @@ class GrowStage:
                                g.width_init, config.train.seed, g.depth_coefficients, g.new_layers)
         check_plan(self.plan)
         self._check_tokenizer(config)
+        if int(os.environ.get("RANK", "0")) == 0:
+            for note in lossy_choices(self.plan):
+                print(f"[grow] warning: grow.{note}", flush=True)
         self.recompute = g.recompute
         if self.recompute == "auto":
             self.recompute = "activations" if config.model.activation_checkpointing else "weights"
@@ -107,6 +112,33 @@ class GrowStage:
         # donor's hyperparameters (RoPE base, norm eps, activation, tying) with the new shape, so growth
         # can preserve the donor's function.
         return GrownModel(operator, grown_config(self.donor_config, self.plan, self.adapter), self.recompute)
+
+    def build_engine(self, model: GrownModel, train: TrainConfig, ds: dict):
+        """The operator's optimizer: each parameter's peak LR is grow.lr divided by its fan-in (see
+        GrowthOperator.fan_in), so one step changes the generated weights by about the same relative
+        amount at any size. Under bf16 the fp32 master weights get the exact initial values."""
+        groups: dict[tuple[int, float], list] = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                fan_in = model.operator.fan_in(name.removeprefix("operator."))
+                matrix = len(getattr(param, "ds_shape", param.shape)) >= 2
+                groups.setdefault((fan_in, train.weight_decay if matrix else 0.0), []).append(param)
+        engine = build_engine(model, train, ds, [{"params": params, "lr": train.lr / fan_in, "weight_decay": decay}
+                                                 for (fan_in, decay), params in sorted(groups.items())])
+        if ds.get("bf16", {}).get("enabled"):
+            set_master_weights(engine, ((f"operator.{name}", value)
+                                        for name, value in operator_init(self.plan, self.adapter).named_values()))
+        return engine
+
+    @torch.no_grad()
+    def reference_losses(self, trainer: Trainer) -> dict:
+        """The donor's own validation loss on the same batches, in the training precision: what growth
+        should keep. Every rank evaluates its share with a plain copy of the (small) donor."""
+        donor = AutoModelForCausalLM.from_pretrained(trainer.config.grow.donor, dtype=trainer.dtype)
+        donor = donor.to(trainer.engine.device).eval()
+        losses = [donor(input_ids=b.to(trainer.engine.device), labels=b.to(trainer.engine.device)).loss.item()
+                  for b in trainer.val_batches]
+        return {"val/donor_loss": all_reduce_mean([sum(losses) / len(losses)])[0]}
 
     def _generation_flops_per_token(self, config: Config, vocab_size: int) -> float:
         """Generating the whole target once, spread over the tokens of one micro-batch: every rank
@@ -153,15 +185,19 @@ class GrowStage:
             self._write_report(trainer, sum(v.numel() for v in trainable.values()), per_rank)
 
     def _write_report(self, trainer: Trainer, operator_params: int, per_rank: list[int]) -> None:
-        val = [(r["step"], r["val/loss"]) for r in read_metrics(trainer.run_dir) if "val/loss" in r]
+        records = read_metrics(trainer.run_dir)
+        val = [(r["step"], r["val/loss"]) for r in records if "val/loss" in r]
+        donor = next(r["val/donor_loss"] for r in records if "val/donor_loss" in r)
         report = {"donor": trainer.config.grow.donor, "plan": dataclasses.asdict(self.plan),
                   "operator_parameters": operator_params,
                   "operator_parameters_per_rank": per_rank, "operator_steps": trainer.schedule.steps,
-                  "val_loss_heuristic_init": val[0][1], "val_loss_after_operator_training": val[-1][1],
+                  "val_loss_donor": donor, "val_loss_heuristic_init": val[0][1],
+                  "val_loss_after_operator_training": val[-1][1],
                   "val_curve": val, "seconds": round(time.time() - self.started, 1)}
         (trainer.run_dir / "report.json").write_text(json.dumps(report, indent=2))
-        print(f"[grow] validation loss: heuristic init {val[0][1]:.4f} -> after {trainer.schedule.steps} operator "
-              f"steps {val[-1][1]:.4f}; grown model in {trainer.run_dir / 'hf'}", flush=True)
+        print(f"[grow] validation loss: donor {donor:.4f}, grown at step 0 ({self.plan.depth_init}+"
+              f"{self.plan.width_init}) {val[0][1]:.4f} ({val[0][1] - donor:+.4f}) -> after {trainer.schedule.steps} "
+              f"operator steps {val[-1][1]:.4f}; grown model in {trainer.run_dir / 'hf'}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,7 +34,8 @@ from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
                              end_stage_process, init_distributed, model_construction, peak_memory_gb,
-                             peak_tflops_per_rank, restore_param_group_settings, skip_next_update, training_dtype)
+                             param_group_decays, peak_tflops_per_rank, restore_param_group_settings, skip_next_update,
+                             training_dtype)
 from pipeline.metrics import MetricsLogger
 from pipeline.preemption import StopRequest
 from pipeline.resume import check_disk_space, check_launch, prepare_run_dir
@@ -69,6 +70,13 @@ class PretrainStage:
         if config.model.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
+
+    def build_engine(self, model: torch.nn.Module, train: TrainConfig, ds: dict):
+        return build_engine(model, train, ds)
+
+    def reference_losses(self, trainer: "Trainer") -> dict:
+        """Losses of other models on the validation batches, logged beside the step-0 val/loss."""
+        return {}
 
     def model_flops_per_token(self, config: Config, vocab_size: int) -> float:
         """The work training needs per token (the MFU numerator and the growth benchmark's accounting)."""
@@ -141,7 +149,8 @@ class Trainer:
 
         seed_everything(t.seed)  # the same initial weights for the same seed, whatever ran before
         model = self.stage.build_model(config, self.target_config, ds)
-        self.engine = build_engine(model, t, ds)
+        self.engine = self.stage.build_engine(model, t, ds)
+        self.dtype = training_dtype(ds)
         if self.rank == 0:
             check_disk_space(self.run_dir, checkpoint_bytes(self.engine), t.keep_checkpoints)
         self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
@@ -157,10 +166,11 @@ class Trainer:
         self.train_seconds = 0.0  # wall time of training steps so far (not validation or saving), over resumes
         self.progress = self._progress(0)
         if self.resume_from is not None:
+            decays = param_group_decays(self.engine)
             self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank, self.universal)
             self.train_seconds = self.progress.get("train_seconds", 0.0)
             if self.universal:
-                restore_param_group_settings(self.engine, t)
+                restore_param_group_settings(self.engine, decays)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, self.progress["step"])
         self.stop = StopRequest(t.preemption_grace_s)
         self.skipped_in_a_row = 0
@@ -207,7 +217,7 @@ class Trainer:
         t = self.schedule
         step = self.progress["step"]
         if step == 0:
-            self.log(0, {"val/loss": self.validate()})
+            self.log(0, {"val/loss": self.validate(), **self.stage.reference_losses(self)})
         while step < self.until_step:
             lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside it)
             step_start = time.perf_counter()

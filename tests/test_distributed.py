@@ -146,6 +146,7 @@ def test_grow_under_zero3_is_partitioned_learns_and_matches_zero0(prepared, dono
     assert total == z0["operator_parameters"] > 0
     assert all(0.45 * total <= n <= 0.55 * total for n in z3["operator_parameters_per_rank"])  # partitioned
     assert z0["operator_parameters_per_rank"] == [total, total]  # replicated without ZeRO
+    assert z3["val_loss_heuristic_init"] == pytest.approx(z3["val_loss_donor"], rel=1e-5)  # the lossless default
     assert z3["val_loss_after_operator_training"] < z3["val_loss_heuristic_init"]  # the operator learns
     losses3 = [r["train/loss"] for r in read_metrics(tmp_path / "z3") if "train/loss" in r]
     losses0 = [r["train/loss"] for r in read_metrics(tmp_path / "z0") if "train/loss" in r]
@@ -211,3 +212,47 @@ def test_grow_heuristic_only_with_plain_python(prepared, donor, tmp_path):
     assert report["operator_steps"] == 0
     assert report["val_loss_heuristic_init"] == report["val_loss_after_operator_training"]
     assert (tmp_path / "stack" / "hf" / "model.safetensors").exists()
+
+
+def exported_val_loss(model_dir, root, ranks=2):
+    """An HF dir's fp32 loss on the validation batches the stages use on `ranks` ranks (eval_batches=2)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from pipeline.data.loader import PackedSamples, validation_batches
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    val = PackedSamples(root / "packed", "validation")
+    with torch.no_grad():
+        per_rank = [sum(model(input_ids=b, labels=b).loss.item() for b in batches) / len(batches)
+                    for batches in (validation_batches(val, 8, 2, r, ranks) for r in range(ranks))]
+    return sum(per_rank) / ranks
+
+
+@pytest.mark.parametrize("ds_config", ["zero3", "zero3_bf16"])
+def test_lossless_growth_through_the_stage_keeps_the_donor_loss(prepared, donor, tmp_path, ds_config):
+    """A pretrained donor grown at non-integer ratios (width and heads 3/2, depth 2 -> 3) on 2 ranks
+    under ZeRO-3: the exported model's loss is the donor's. Under bf16 the stage's own step-0
+    evaluation runs in bf16, but the export comes from fp32 masters that hold the exact initial
+    coefficients, so it is lossless to fp32 precision too."""
+    root, _, _ = prepared
+    grow(tmp_path / "g", root, donor, f"train.deepspeed_config={ds_config}", "grow.steps=0",
+         "model.size=llama-nano", "model.layers=3", "model.hidden=192", "model.heads=6", "model.kv_heads=3",
+         "model.ffn=528")
+    report = json.loads((tmp_path / "g" / "report.json").read_text())
+    assert report["plan"]["depth_init"] == "identity" and report["plan"]["width_init"] == "lossless"
+    donor_loss = exported_val_loss(donor, root)
+    assert exported_val_loss(tmp_path / "g" / "hf", root) == pytest.approx(donor_loss, rel=1e-4)
+    bf16 = ds_config.endswith("bf16")
+    assert report["val_loss_donor"] == pytest.approx(donor_loss, rel=1e-2 if bf16 else 1e-5)
+    assert report["val_loss_heuristic_init"] == pytest.approx(report["val_loss_donor"], rel=1e-2 if bf16 else 1e-5)
+    # the learned operator (fp32 masters) starts at the exact fp32 init, not its bf16 rounding (0.6 -> 0.6016)
+    import torch
+    from transformers import AutoConfig
+    from pipeline.growth.adapters import adapter_for
+    from pipeline.growth.operator import GrowthPlan, operator_init
+    from pipeline.models.sizes import ModelShape
+    plan = report["plan"]
+    plan = GrowthPlan(**{**plan, "donor": ModelShape(**plan["donor"]), "target": ModelShape(**plan["target"])})
+    saved = torch.load(tmp_path / "g" / "operator.pt")
+    init = dict(operator_init(plan, adapter_for(AutoConfig.from_pretrained(donor))).named_values())
+    assert saved.keys() == {f"operator.{name}" for name in init}
+    assert all(torch.equal(saved[f"operator.{name}"], value) for name, value in init.items())

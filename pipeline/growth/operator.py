@@ -388,6 +388,21 @@ class GrowthOperator(nn.Module):
                            None if init.depth_new is None else {k: w[i] for k, w in init.depth_new.items()})
             for i, expansions in enumerate(init.layer_expansions))
 
+    def fan_in(self, name: str) -> int:
+        """How many donor units (or layers) one coefficient of parameter `name` blends: Adam moves every
+        coefficient by about the LR, so a generated weight made of k blended inputs moves by about k
+        times the LR; the grow stage divides each parameter's LR by its fan-in to make the step size
+        independent of the shapes (the rule muP uses for Adam on hidden weights)."""
+        parts = name.split(".")
+        if parts[-1] in ("scale", "norm_bias_gate"):  # one multiplier per target unit
+            return 1
+        if parts[0] == "layers" and parts[2] in ("depth", "depth_new"):
+            return self.plan.donor.layers
+        d = self.plan.donor
+        role = "residual" if parts[0] == "residual" else parts[3]  # layers.<i>.expansions.<role>.weight
+        return {"residual": d.hidden, "q_heads": d.heads, "k_heads": d.kv_heads, "v_heads": d.kv_heads,
+                "ffn": d.ffn}[role]
+
     def depth_matrix(self, module: str) -> torch.Tensor:
         return torch.stack([depth_coefficients_of(layer.depth, module) for layer in self.layers])
 
