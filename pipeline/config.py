@@ -184,7 +184,8 @@ class BenchConfig:
     """Growth benchmark: named size of the donor it pretrains (the `model` section is the target)."""
     donor_steps: int = 300
     """Growth benchmark: donor pretraining steps (with the train section's batch, LR and schedule)."""
-    arms: str = "scratch,stack+copy,interpolate+copy,stack+aki,ligo,ligo-official,ligo-untrained-donor"
+    arms: str = ("scratch,identity+lossless,stack+copy,interpolate+copy,stack+aki,ligo-from-identity+lossless,ligo,"
+                 "ligo-official,ligo-untrained-donor")
     """Growth benchmark: comma-separated arms (listed in pipeline/bench/growth.py). Heuristics are
     written depth+width with the grow.depth_init / grow.width_init names."""
     ligo_init: str = "best"

@@ -3,15 +3,17 @@ write the grown target as a plain Hugging Face checkpoint for the train stage.
 
     deepspeed --num_gpus 2 --master_port 29513 --module pipeline.grow --config tiny \\
         grow.donor=runs/tiny/donor/hf run.dir=runs/tiny/grow
-    # the heuristic alone (stacking + function-preserving width copy), no operator training
-    python -m pipeline.grow --config tiny grow.donor=runs/tiny/donor/hf grow.steps=0 run.dir=runs/tiny/stack
+    # the start alone, no operator training: by default the lossless one (the donor's function at the
+    # target's shape); or a heuristic, e.g. grow.depth_init=stack grow.width_init=copy
+    python -m pipeline.grow --config tiny grow.donor=runs/tiny/donor/hf grow.steps=0 run.dir=runs/tiny/lossless
     # then continue pretraining the grown model
     deepspeed --num_gpus 2 --master_port 29513 --module pipeline.train --config tiny \\
         train.init_from=runs/tiny/grow/hf run.dir=runs/tiny/grown
 
 The target shape is the recipe's `model` section; the donor's tokenizer must be the data's. Only the
 operator is trained (the donor is frozen), with the train section's batch / DeepSpeed settings and the
-grow section's steps and learning rate. Checkpoints and `--resume auto` work as in the train stage.
+grow section's steps and learning rate (divided per coefficient by its fan-in). The donor's own
+validation loss is measured on the same batches and reported beside the grown model's. Checkpoints and `--resume auto` work as in the train stage.
 Outputs in <run>: hf/ (grown model), operator.pt + operator.json (the learned operator), report.json.
 """
 

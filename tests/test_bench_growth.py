@@ -66,6 +66,7 @@ def test_training_flops_of_a_known_shape():
     ("scratch,scratch", "best", "need 'scratch'"),
     ("scratch,ligo", "best", "has none"),
     ("scratch,ligo", "stack", "use 'best' or depth+width"),
+    ("scratch,ligo-from-stack", "best", "unknown: ['ligo-from-stack']"),
 ])
 def test_bad_arm_lists_are_refused(arms, ligo_init, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -73,8 +74,13 @@ def test_bad_arm_lists_are_refused(arms, ligo_init, message):
 
 
 def test_arms_run_scratch_then_heuristics_then_ligo():
-    order = parse_arms(BenchConfig(arms="ligo-untrained-donor,ligo,stack+aki,scratch,interpolate+copy"))
-    assert order == ["scratch", "stack+aki", "interpolate+copy", "ligo", "ligo-untrained-donor"]
+    order = parse_arms(BenchConfig(arms="ligo-untrained-donor,ligo-from-stack+copy,ligo,stack+aki,scratch,"
+                                        "identity+lossless,ligo-from-identity+lossless"))
+    assert order == ["scratch", "stack+aki", "identity+lossless", "ligo-from-stack+copy", "ligo",
+                     "ligo-from-identity+lossless", "ligo-untrained-donor"]
+    bench = Bench("bench-growth", ["bench.arms=scratch,ligo-from-identity+lossless"], ROOT / "runs" / "unused", 1, False)
+    arm = bench.arm("ligo-from-identity+lossless")
+    assert arm.init == "identity+lossless" and arm.operator_steps and not arm.untrained_donor
 
 
 def test_best_heuristic_is_the_one_with_fewest_flops_to_target():

@@ -106,6 +106,16 @@ def test_resume_ignores_what_a_stage_does_not_read_and_where_the_run_lives():
     saved = load_config("tiny").to_dict()
     moved = load_config("tiny", ["run.dir=elsewhere", "grow.lr=0.1", "bench.donor_steps=7"]).to_dict()
     assert breaking_changes(saved, moved, PretrainStage.unread_sections) == []
-    assert breaking_changes(saved, moved, GrowStage.unread_sections) == ["grow.lr: 0.001 -> 0.1"]
+    assert breaking_changes(saved, moved, GrowStage.unread_sections) == ["grow.lr: 0.03 -> 0.1"]
     changed_lr = load_config("tiny", ["train.lr=1e-3"]).to_dict()
     assert breaking_changes(saved, changed_lr, PretrainStage.unread_sections) == ["train.lr: 0.002 -> 0.001"]
+
+
+def test_loading_a_config_imports_no_model_code():
+    """config.py is a leaf: validating names and shapes must not pull in torch or transformers."""
+    import subprocess
+    import sys
+    code = ("import sys; from pipeline.config import load_config; load_config('tiny'); "
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -9,10 +9,12 @@ For every seed it pretrains a donor (`bench.donor_size`, `bench.donor_steps`), t
 stages (pipeline.train, pipeline.grow), each launched as its own job. Arms (`bench.arms`):
 
     scratch                 the target from random initialization: the reference
-    <depth>+<width>         a heuristic growth (grow.steps=0), e.g. stack+copy (G_stack depth with
-                            function-preserving width), interpolate+copy, stack+aki (bert2BERT-AKI width)
+    <depth>+<width>         a start without operator training (grow.steps=0): identity+lossless (the
+                            donor's function at any shape), stack+copy (G_stack depth, HyperCloning
+                            width), interpolate+copy, stack+aki (bert2BERT-AKI width)
     ligo                    LiGO started from `bench.ligo_init` (default: the best heuristic arm),
                             trained grow.steps steps, then the target is trained
+    ligo-from-<depth>+<width>   LiGO from that start (several may run side by side)
     ligo-official           LiGO from the official code's init (noisy_stack depth, random width)
     ligo-untrained-donor    the control: `ligo` from a randomly initialized donor of the same shape;
                             a saving here would come from the operator's structure, not knowledge
@@ -76,19 +78,27 @@ class Arm:
         return f"{'LiGO from ' if self.operator_steps else 'heuristic '}{self.init}, {donor}"
 
 
+LIGO_FROM = "ligo-from-"
+
+
 def is_heuristic(name: str) -> bool:
     depth, plus, width = name.partition("+")
     return bool(plus) and depth in DEPTH_SCHEMES and width in WIDTH_SCHEMES
+
+
+def is_ligo_from(name: str) -> bool:
+    return name.startswith(LIGO_FROM) and is_heuristic(name.removeprefix(LIGO_FROM))
 
 
 def parse_arms(bench) -> list[str]:
     """The arm names in run order (scratch, heuristics, LiGO arms); one clear error for a bad list."""
     names = [n.strip() for n in bench.arms.split(",") if n.strip()]
     known = ("scratch", "ligo", "ligo-official", "ligo-untrained-donor", "donor-continued")
-    bad = [n for n in names if n not in known and not is_heuristic(n)]
+    bad = [n for n in names if n not in known and not is_heuristic(n) and not is_ligo_from(n)]
     if bad or "scratch" not in names or len(set(names)) != len(names):
-        raise ConfigError(f"bench.arms={bench.arms!r}: need 'scratch' (the reference) once, and arms from {known} "
-                          f"or depth+width heuristics (depth in {DEPTH_SCHEMES}, width in {WIDTH_SCHEMES})"
+        raise ConfigError(f"bench.arms={bench.arms!r}: need 'scratch' (the reference) once, and arms from {known}, "
+                          f"depth+width heuristics (depth in {DEPTH_SCHEMES}, width in {WIDTH_SCHEMES}) or "
+                          f"{LIGO_FROM}depth+width"
                           + (f"; unknown: {bad}" if bad else ""))
     if bench.ligo_init == "best":
         if {"ligo", "ligo-untrained-donor"} & set(names) and not any(is_heuristic(n) for n in names):
@@ -97,7 +107,7 @@ def parse_arms(bench) -> list[str]:
     elif not is_heuristic(bench.ligo_init):
         raise ConfigError(f"bench.ligo_init={bench.ligo_init!r}: use 'best' or depth+width, e.g. stack+copy")
     order = {"scratch": 0, "ligo": 2, "ligo-official": 2, "ligo-untrained-donor": 3, "donor-continued": 3}
-    return sorted(names, key=lambda n: order.get(n, 1))
+    return sorted(names, key=lambda n: order.get(n, 2 if is_ligo_from(n) else 1))
 
 
 class Bench:
@@ -120,6 +130,8 @@ class Bench:
             return Arm(name, continues_donor=True)
         if name == "ligo-official":
             return Arm(name, init=OFFICIAL_INIT, operator_steps=True)
+        if is_ligo_from(name):
+            return Arm(name, init=name.removeprefix(LIGO_FROM), operator_steps=True)
         return Arm(name, init=self.ligo_init, operator_steps=True, untrained_donor=name == "ligo-untrained-donor")
 
     # -- running stages -----------------------------------------------------------------------------

@@ -29,6 +29,8 @@ SIZES: dict[str, ModelShape] = {
     # CPU sizes: the tiny pipeline grows a *-nano donor into a *-micro target.
     "llama-nano": ModelShape("llama", layers=2, hidden=128, heads=4, kv_heads=2, ffn=352, max_positions=512),
     "llama-micro": ModelShape("llama", layers=4, hidden=256, heads=8, kv_heads=4, ffn=704, max_positions=512),
+    # the non-integer growth benchmark's donor (bench-growth-nonint: 3 -> 4 layers, 5/3 width and heads)
+    "llama-nano-3x192": ModelShape("llama", layers=3, hidden=192, heads=6, kv_heads=3, ffn=528, max_positions=512),
     "gpt2-nano": ModelShape("gpt2", layers=2, hidden=128, heads=4, kv_heads=4, ffn=512, max_positions=512),
     "gpt2-micro": ModelShape("gpt2", layers=4, hidden=256, heads=8, kv_heads=8, ffn=1024, max_positions=512),
     # Published shapes.
