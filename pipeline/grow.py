@@ -39,8 +39,8 @@ from pipeline.engine import (all_reduce_mean, build_engine, end_stage_process, f
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
-from pipeline.growth.operator import (GrowthOperator, GrowthPlan, check_plan, generation_flops, grown_config,
-                                      lossy_choices, operator_init)
+from pipeline.growth.operator import (GrowthOperator, GrowthPlan, OperatorInit, check_plan, generation_flops,
+                                      grown_config, lossy_choices, operator_init)
 from pipeline.metrics import read_metrics
 from pipeline.models.hf import shape_of
 from pipeline.models.sizes import resolve_shape
@@ -100,16 +100,17 @@ class GrowStage:
                                    min_lr_ratio=g.min_lr_ratio, weight_decay=g.weight_decay, init_from=None,
                                    eval_interval=min(config.train.eval_interval, max(g.steps, 1)))
 
-    def _operator(self) -> GrowthOperator:
+    def _operator(self, init: OperatorInit | None = None) -> GrowthOperator:
         state = {}
         for shard in self.donor_shards:
             state.update(load_file(shard))
         donor_globals, donor_layers = self.adapter.to_canonical(state, self.plan.donor.layers)
-        return GrowthOperator(self.plan, self.adapter, donor_globals, donor_layers)
+        return GrowthOperator(self.plan, self.adapter, donor_globals, donor_layers, init)
 
     def build_model(self, config: Config, target_config, ds: dict) -> torch.nn.Module:
+        init = operator_init(self.plan, self.adapter)  # fp32 on the CPU: not inside zero.Init (see GrowthOperator)
         with partitioned_construction(ds):
-            operator = self._operator()
+            operator = self._operator(init)
         # Outside the partitioning context: the target skeleton lives on the meta device. It keeps the
         # donor's hyperparameters (RoPE base, norm eps, activation, tying) with the new shape, so growth
         # can preserve the donor's function.

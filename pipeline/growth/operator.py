@@ -370,12 +370,17 @@ def operator_init(plan: GrowthPlan, adapter: Adapter) -> OperatorInit:
 
 
 class GrowthOperator(nn.Module):
-    def __init__(self, plan: GrowthPlan, adapter: Adapter, donor_globals: dict, donor_layers: list[dict]):
+    """`init`: the initial values (default operator_init(plan, adapter)); pass them computed outside
+    DeepSpeed's zero.Init, which would create torch.zeros/eye/tensor in the training dtype on the
+    accelerator (rounding 1/3 through bf16) but leave torch.rand on the CPU."""
+
+    def __init__(self, plan: GrowthPlan, adapter: Adapter, donor_globals: dict, donor_layers: list[dict],
+                 init: OperatorInit | None = None):
         super().__init__()
         check_plan(plan)
         d, t = plan.donor, plan.target
         self.plan, self.adapter = plan, adapter
-        init = operator_init(plan, adapter)
+        init = operator_init(plan, adapter) if init is None else init
         self.residual = Expansion(init.residual, layer_norm=adapter.layer_norm)
         self.donor = DonorLayers(donor_layers)
         self.globals = GlobalGenerator(donor_globals, self.residual, adapter, t.max_positions)
