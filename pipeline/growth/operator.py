@@ -29,7 +29,7 @@ Everything here is plain torch (no DeepSpeed): generator modules own their param
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -135,7 +135,7 @@ class Expansion(nn.Module):
         return self.weight if self.writer is None else self.writer
 
     def rows(self, w: torch.Tensor, consumer: bool = False, matrix: torch.Tensor | None = None) -> torch.Tensor:
-        """Expand dim 0 of a matrix or vector."""
+        """Expand dim 0 of a matrix or vector (by `matrix` if given)."""
         m = self.matrix(consumer) if matrix is None else matrix
         blocks = w.reshape(m.shape[1], self.block, -1)
         return torch.einsum("pn,nbi->pbi", m, blocks).reshape(m.shape[0] * self.block, *w.shape[1:])
@@ -151,8 +151,7 @@ class Expansion(nn.Module):
         non-zero gains, so gradient reaches them) and the stream's scale change; biases are written into
         the normed stream like the residual's writers do, gated (lossless LayerNorm: 0 at new units)."""
         if kind == "weight":
-            return self.rows(v, consumer, self.weight * self.scale[:, None] if consumer else self.weight) \
-                * self.stream_ratio()
+            return self.rows(v, matrix=self.matrix(consumer=True) if consumer else self.weight) * self.stream_ratio()
         value = self.rows(v, consumer)
         return value if self.norm_bias_gate is None else value * self.norm_bias_gate
 
@@ -327,7 +326,7 @@ class OperatorInit:
     residual: ExpansionInit
     layer_expansions: list[dict[str, ExpansionInit]]  # per target layer: q_heads, k_heads, v_heads, ffn
     depth: dict[str, torch.Tensor]  # module type (or SHARED) -> L2 x L1
-    depth_new: dict[str, torch.Tensor] | None = field(default=None)  # AKI: the new units' depth blend
+    depth_new: dict[str, torch.Tensor] | None = None  # AKI: the new units' depth blend
 
     def named_values(self):
         """(name, value) pairs named as GrowthOperator.named_parameters() names its trainable ones."""
