@@ -43,6 +43,10 @@ def test_savings_exclude_and_include_the_donor():
     assert g["seconds_saving_excl_donor"] == pytest.approx(1 - 11 / 20)
     assert g["seconds_saving_incl_donor"] == pytest.approx(1 - 15 / 20)
     assert g["step0_loss"] == 7.0 and g["final_loss"] == 3.5
+    below = Curve([0, 50], [0, 6], [3.9, 3.8]).then(Curve([50, 100], [6, 11], [3.8, 3.5]))  # a donor below the target
+    started_below = seed_result({"scratch": scratch, "below": below}, {"scratch": {"flops": 0, "seconds": 0},
+                                                                       "below": {"flops": 30, "seconds": 4}})["below"]
+    assert started_below["flops_to_target"] == 0 and started_below["flops_saving_free_operator"] == 1.0
     assert result["never"]["flops_to_target"] is None and result["never"]["flops_saving_excl_donor"] is None
 
     second = seed_result({"scratch": scratch, "grown": Curve([50, 100, 150], [6, 11, 16], [4.0, 3.9, 3.5]),

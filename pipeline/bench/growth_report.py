@@ -67,9 +67,9 @@ def seed_result(curves: dict[str, Curve], donor_cost: dict[str, dict[str, float]
             row[f"{axis}_to_target"] = reached
             row[f"{axis}_saving_excl_donor"] = None if reached is None else 1 - reached / reference[axis]
             row[f"{axis}_saving_incl_donor"] = None if reached is None else 1 - (reached + donor) / reference[axis]
-        reached = row["flops_to_target"]
+        reached = row["flops_to_target"]  # a start already below the target reaches it during the operator's steps
         row["flops_saving_free_operator"] = (None if reached is None
-                                             else 1 - (reached - curve.operator_flops) / reference["flops"])
+                                             else 1 - max(reached - curve.operator_flops, 0.0) / reference["flops"])
         out[arm] = row
     return out
 
