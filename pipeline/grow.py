@@ -13,7 +13,8 @@ write the grown target as a plain Hugging Face checkpoint for the train stage.
 The target shape is the recipe's `model` section; the donor's tokenizer must be the data's. Only the
 operator is trained (the donor is frozen), with the train section's batch / DeepSpeed settings and the
 grow section's steps and learning rate (divided per coefficient by its fan-in). The donor's own
-validation loss is measured on the same batches and reported beside the grown model's. Checkpoints and `--resume auto` work as in the train stage.
+validation loss is measured on the same batches and reported beside the grown model's. Checkpoints
+and `--resume auto` work as in the train stage.
 Outputs in <run>: hf/ (grown model), operator.pt + operator.json (the learned operator), report.json.
 """
 
