@@ -180,3 +180,17 @@ def test_operator_init_names_every_trainable_parameter():
         values = dict(operator_init(op.plan, adapter_for(make_donor(shape).config)).named_values())
         assert values.keys() == trainable.keys()
         assert all(torch.equal(values[n], p.detach()) for n, p in trainable.items())
+
+
+def test_every_operator_parameter_has_the_fan_in_its_lr_is_divided_by():
+    """The grow stage's per-parameter LR is grow.lr / fan_in: how many donor units or layers a coefficient
+    blends (the donor's width, head counts, MLP width, depth), 1 for per-unit scales and gates."""
+    donor_shape, target = CASES["gpt2 5/3, 3 -> 5 heads, 3 -> 4 layers"]
+    op, _ = grow(make_donor(donor_shape), target, depth="identity", width="lossless")
+    d = op.plan.donor
+    expected = {"residual.weight": d.hidden, "residual.writer": d.hidden, "residual.scale": 1,
+                "residual.norm_bias_gate": 1, "layers.0.depth.o": d.layers, "layers.3.expansions.ffn.weight": d.ffn,
+                "layers.0.expansions.ffn.scale": 1, "layers.1.expansions.q_heads.weight": d.heads,
+                "layers.1.expansions.k_heads.weight": d.kv_heads}
+    assert {name: op.fan_in(name) for name in expected} == expected
+    assert all(op.fan_in(n) >= 1 for n, p in op.named_parameters() if p.requires_grad)  # every one is known
