@@ -115,7 +115,7 @@ class TrainConfig:
     eval_interval: int = 50
     """Validate every this many steps (and at the end)."""
     eval_batches: int = 4
-    """Validation set size in global batches: the first eval_batches x global-batch samples of the
+    """Validation set size in global batches: eval_batches x global-batch samples spread evenly over the
     validation split, the same whatever the number of ranks (identical count on every rank)."""
     checkpoint_interval: int = 100
     """Save a DeepSpeed checkpoint every this many steps (and at the end)."""

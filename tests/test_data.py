@@ -64,6 +64,10 @@ def test_validation_set_fixed_and_rank_disjoint(prepared):
     assert len(r0) == len(r1) == 3
     rows = {tuple(row.tolist()) for b in r0 + r1 for row in b}
     assert len(rows) == 24
+    # spread over the whole split (consecutive samples would be one document): 24 evenly strided samples
+    stride = len(val) / 24
+    expected = {tuple(val[int(g * stride)].tolist()) for g in range(24)}
+    assert rows == expected and int(23 * stride) > len(val) * 0.9
     with pytest.raises(ConfigError, match="lower train.eval_batches"):
         validation_batches(val, 4, 10**6, rank=0, world_size=2)
 

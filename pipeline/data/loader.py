@@ -83,18 +83,27 @@ class TrainBatches:
         return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
+def validation_positions(num_samples: int, needed: int) -> list[int]:
+    """The validation set's sample indices: `needed` samples spread evenly over the split. Consecutive
+    samples come from one document (the packing keeps documents in order), so the first N would measure
+    one or two files; a stride covers every part of the split at the same cost."""
+    return [g * num_samples // needed for g in range(needed)]
+
+
 def validation_batches(samples: PackedSamples, micro_batch: int, num_batches: int, rank: int,
                        world_size: int) -> list[torch.Tensor]:
-    """A fixed validation set: the first num_batches*micro*ranks samples, in order, sliced by rank.
+    """A fixed validation set: num_batches*micro*ranks samples spread evenly over the split
+    (validation_positions), sliced by rank.
 
     Every rank gets the same number of batches, so ZeRO-3 forwards stay in lockstep."""
     needed = num_batches * micro_batch * world_size
     if needed > len(samples):
         raise ConfigError(f"validation needs {needed} samples (train.eval_batches x micro_batch_size x ranks) "
                           f"but the split has {len(samples)}: lower train.eval_batches")
+    positions = validation_positions(len(samples), needed)
     out = []
     for b in range(num_batches):
         start = (b * world_size + rank) * micro_batch
-        out.append(torch.from_numpy(np.stack([samples[i] for i in range(start, start + micro_batch)])
+        out.append(torch.from_numpy(np.stack([samples[i] for i in positions[start:start + micro_batch]])
                                     .astype(np.int64)))
     return out
