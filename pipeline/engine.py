@@ -20,17 +20,23 @@ from deepspeed.accelerator import get_accelerator
 from transformers.integrations import HfDeepSpeedConfig
 
 from pipeline.config import TrainConfig, check_batch_triad, load_deepspeed_json
+from pipeline.preflight import preflight
 from pipeline.throughput import datasheet_tflops, measured_matmul_tflops
 
 
 def init_distributed() -> tuple[int, int]:
-    """Join the process group the `deepspeed` launcher set up, or a 1-rank group for plain `python`."""
+    """Join the process group the `deepspeed` launcher set up, or a 1-rank group for plain `python`,
+    and run the pre-flight check (pipeline/preflight.py)."""
     if "RANK" not in os.environ:  # not launched: without these DeepSpeed would try MPI discovery
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
-    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    accelerator = get_accelerator()
+    accelerator.set_device(int(os.environ["LOCAL_RANK"]))  # before any collective: NCCL works on it
+    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
     dist.barrier()  # every rank has now mapped every other rank's shared-memory segment
     _unlink_shm_segment(dist.get_rank())
+    device = "cpu" if dist.get_backend() == "gloo" else accelerator.current_device_name()
+    preflight(dist.get_rank(), dist.get_world_size(), device)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -65,7 +65,10 @@ class GrowStage:
     name = "grow"
     unread_sections = ("bench",)
 
-    def __init__(self, config: Config):
+    def __init__(self):
+        self.started = time.time()
+
+    def setup(self, config: Config) -> None:
         g = config.grow
         if g.donor is None:
             raise ConfigError("grow.donor is not set: give the donor's HF model dir (grow.donor=runs/tiny/donor/hf)")
@@ -80,7 +83,6 @@ class GrowStage:
         self.recompute = g.recompute
         if self.recompute == "auto":
             self.recompute = "activations" if config.model.activation_checkpointing else "weights"
-        self.started = time.time()
 
     def _check_tokenizer(self, config: Config) -> None:
         meta = read_meta(Path(config.data.output_dir))
@@ -207,7 +209,7 @@ class GrowStage:
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_stage_args("Grow a pretrained donor into the target shape with LiGO.", argv, stage_flags)
     try:
-        Trainer(config, args.resume, args.until_step, GrowStage(config), overwrite=args.overwrite).fit()
+        Trainer(config, args.resume, args.until_step, GrowStage(), overwrite=args.overwrite).fit()
     except (ConfigError, TrainingHalted) as err:
         sys.exit(f"grow error: {err}")
     end_stage_process()

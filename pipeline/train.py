@@ -7,7 +7,7 @@
     # start from given weights (a donor or a grown model), fresh optimizer and step
     deepspeed --num_gpus 2 --master_port 29512 --module pipeline.train --config tiny \\
         train.init_from=runs/tiny/grow/hf run.dir=runs/tiny/grown
-    # multi-node: see launch/train.sh (hostfile) and README "Launching on GPUs and multiple nodes"
+    # multi-node: launch/run.sh (hostfile, one command per node) or launch/slurm.sbatch; README "Launching on GPUs and multiple nodes"
 
 Rank 0 writes <run>/config.yaml, TensorBoard events in <run>/tb, <run>/metrics.jsonl, and at the
 end the final weights as a Hugging Face model in <run>/hf.
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from pipeline import __version__, checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
@@ -38,6 +37,7 @@ from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, chec
                              training_dtype)
 from pipeline.metrics import MetricsLogger
 from pipeline.preemption import StopRequest
+from pipeline.preflight import all_ranks_agree
 from pipeline.resume import check_disk_space, check_launch, prepare_run_dir
 from pipeline.throughput import ThroughputMeter
 from pipeline.models.hf import build_model, hf_config, shape_of, special_token_ids
@@ -54,6 +54,10 @@ class PretrainStage:
     """What the train stage builds and exports; the grow stage swaps in its own (pipeline/grow.py)."""
     name = "train"
     unread_sections = ("grow", "bench")  # config sections whose changes cannot change this stage's weights
+
+    def setup(self, config: Config) -> None:
+        """The stage's own checks of its inputs, on every rank before any data is read (the grow
+        stage reads its donor here)."""
 
     def schedule(self, config: Config) -> TrainConfig:
         return config.train
@@ -117,42 +121,45 @@ class Trainer:
         self.rank, self.world_size = init_distributed()
         self.run_dir = Path(config.run.dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        ds = deepspeed_config(t, self.world_size)  # raises on a bad batch triad before any work
-        self.train_samples = PackedSamples(config.data.output_dir, "train")
-        self.tokenizer = load_tokenizer(self.train_samples.meta["tokenizer"])
-        vocab_size = self.train_samples.meta["vocab_size"]
-        if self.train_samples.seq_len != config.data.seq_len:
-            raise ConfigError(f"{config.data.output_dir} was packed with seq_len={self.train_samples.seq_len}, "
-                              f"the recipe says data.seq_len={config.data.seq_len}: re-run prepare")
-        self.batches = TrainBatches(self.train_samples, config.data.order_seed, t.micro_batch_size,
-                                    t.grad_accum_steps, self.rank, self.world_size)
-        # eval_batches global batches: the same samples whatever the world size and accumulation split
-        self.val_batches = validation_batches(PackedSamples(config.data.output_dir, "validation"),
-                                              t.micro_batch_size, t.eval_batches * t.grad_accum_steps,
-                                              self.rank, self.world_size)
-        self.target_config = hf_config(resolve_shape(config.model), vocab_size, special_token_ids(self.tokenizer),
-                                       config.model.init_std)
-        self.resume_from = check_launch(self.run_dir, resume, overwrite, config, self.world_size,
-                                        ds["train_batch_size"], self.train_samples.meta["key"],
-                                        self.stage.unread_sections)
+        # every rank checks its own files (a node may lack them) and all agree before rank 0 touches the run dir
+        with all_ranks_agree("the checks before training"):
+            self.stage.setup(config)
+            ds = deepspeed_config(t, self.world_size)  # raises on a bad batch triad before any work
+            self.train_samples = PackedSamples(config.data.output_dir, "train")
+            self.tokenizer = load_tokenizer(self.train_samples.meta["tokenizer"])
+            vocab_size = self.train_samples.meta["vocab_size"]
+            if self.train_samples.seq_len != config.data.seq_len:
+                raise ConfigError(f"{config.data.output_dir} was packed with seq_len={self.train_samples.seq_len}, "
+                                  f"the recipe says data.seq_len={config.data.seq_len}: re-run prepare")
+            self.batches = TrainBatches(self.train_samples, config.data.order_seed, t.micro_batch_size,
+                                        t.grad_accum_steps, self.rank, self.world_size)
+            # eval_batches global batches: the same samples whatever the world size and accumulation split
+            self.val_batches = validation_batches(PackedSamples(config.data.output_dir, "validation"),
+                                                  t.micro_batch_size, t.eval_batches * t.grad_accum_steps,
+                                                  self.rank, self.world_size)
+            self.target_config = hf_config(resolve_shape(config.model), vocab_size,
+                                           special_token_ids(self.tokenizer), config.model.init_std)
+            self.resume_from = check_launch(self.run_dir, resume, overwrite, config, self.world_size,
+                                            ds["train_batch_size"], self.train_samples.meta["key"],
+                                            self.stage.unread_sections)
         # a new world size: ZeRO 1-3 partitions are per rank, so load DeepSpeed's universal form
         self.universal = (self.resume_from is not None and self.resume_from["world_size"] != self.world_size
                           and self.resume_from["zero_stage"] > 0)
-        dist.barrier()  # every rank has decided before rank 0 changes the run dir
-        if self.rank == 0:
-            prepare_run_dir(self.run_dir, self.resume_from, overwrite, config)
-            if self.universal:
-                checkpoint.convert_to_universal(self.checkpoint_dir, checkpoint.latest_tag(self.checkpoint_dir))
+        with all_ranks_agree("preparing the run dir"):
+            if self.rank == 0:
+                prepare_run_dir(self.run_dir, self.resume_from, overwrite, config)
+                if self.universal:
+                    checkpoint.convert_to_universal(self.checkpoint_dir, checkpoint.latest_tag(self.checkpoint_dir))
         if self.universal:
-            dist.barrier()
             ds["checkpoint"] = {"load_universal": True}
 
         seed_everything(t.seed)  # the same initial weights for the same seed, whatever ran before
         model = self.stage.build_model(config, self.target_config, ds)
         self.engine = self.stage.build_engine(model, t, ds)
         self.dtype = training_dtype(ds)
-        if self.rank == 0:
-            check_disk_space(self.run_dir, checkpoint_bytes(self.engine), t.keep_checkpoints)
+        with all_ranks_agree("the disk-space check"):
+            if self.rank == 0:
+                check_disk_space(self.run_dir, checkpoint_bytes(self.engine), t.keep_checkpoints)
         self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
         peak_tflops, peak_source = peak_tflops_per_rank(t.peak_tflops, training_dtype(ds))
         if self.rank == 0:

@@ -256,3 +256,47 @@ def test_lossless_growth_through_the_stage_keeps_the_donor_loss(prepared, donor,
     init = dict(operator_init(plan, adapter_for(AutoConfig.from_pretrained(donor))).named_values())
     assert saved.keys() == {f"operator.{name}" for name in init}
     assert all(torch.equal(saved[f"operator.{name}"], value) for name, value in init.items())
+
+
+def run_two_nodes(tmp_path, stage, args, timeout=600):
+    """A 2-node job on this machine, started as on two nodes: two invocations of launch/run.sh with
+    NODE_RANK 0 and 1 (the launcher's --no_ssh --node_rank), one rank each, loopback master."""
+    import os
+    import subprocess
+    from conftest import DEEPSPEED, ROOT, free_port
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node0 slots=1\nnode1 slots=1\n")
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HOSTFILE=str(hosts),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), DEEPSPEED=str(DEEPSPEED))
+    logs = [tmp_path / f"{stage}.node{r}.log" for r in (0, 1)]
+    nodes = [subprocess.Popen(["bash", "launch/run.sh", stage, *args], cwd=ROOT, env={**env, "NODE_RANK": str(r)},
+                              stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+             for r, log in enumerate(logs)]  # files, not pipes: a full pipe would stall one node mid-collective
+    for node, log in zip(nodes, logs):
+        assert node.wait(timeout=timeout) == 0, log.read_text()[-4000:]
+    return [log.read_text() for log in logs]
+
+
+def test_two_node_job_grows_then_trains_and_resumes(prepared, donor, tmp_path):
+    """Grow, then train with a checkpoint and a resume, as a 2-node job: the same losses as the same
+    training on one node with 2 ranks."""
+    root, _, _ = prepared
+    logs = run_two_nodes(tmp_path, "grow", [
+        "--config", "tiny", f"run.dir={tmp_path / 'grow'}", *data_overrides(root), f"grow.donor={donor}",
+        "model.size=llama-micro", "grow.steps=4", "grow.warmup_steps=1", "train.eval_batches=2",
+        "train.eval_interval=4"])
+    assert "WORLD INFO DICT: {'node0': [0], 'node1': [0]}" in logs[0] and "[preflight] 2 ranks on 1 host(s)" in logs[0]
+    report = json.loads((tmp_path / "grow" / "report.json").read_text())
+    assert len(report["operator_parameters_per_rank"]) == 2
+    assert report["val_loss_heuristic_init"] == pytest.approx(report["val_loss_donor"], rel=1e-5)
+
+    overrides = [*data_overrides(root), "model.size=llama-micro", f"train.init_from={tmp_path / 'grow' / 'hf'}",
+                 "train.steps=6", "train.warmup_steps=2", "train.eval_interval=3", "train.eval_batches=2",
+                 "train.log_interval=3", "train.checkpoint_interval=3", "train.deepspeed_config=zero3"]
+    two_nodes, one_node = tmp_path / "two_nodes", tmp_path / "one_node"
+    run_two_nodes(tmp_path, "train", ["--config", "tiny", "--until-step", "3", f"run.dir={two_nodes}", *overrides])
+    assert (two_nodes / "checkpoints").exists() and not (two_nodes / "hf").exists()
+    run_two_nodes(tmp_path, "train", ["--config", "tiny", "--resume", "auto", f"run.dir={two_nodes}", *overrides])
+    run_deepspeed(["--module", "pipeline.train", "--config", "tiny", f"run.dir={one_node}", *overrides])
+    assert _deterministic(read_metrics(two_nodes)) == _deterministic(read_metrics(one_node))
+    assert (two_nodes / "hf" / "model.safetensors").exists()

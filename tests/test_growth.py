@@ -222,18 +222,22 @@ def test_unsupported_donor_architecture_rejected():
 def test_grow_stage_rejects_bad_donors_before_compute(tmp_path, prepared):
     from pipeline.grow import GrowStage
     root, _, _ = prepared
+
+    def setup(config):
+        GrowStage().setup(config)
+
     overrides = [f"data.tokenizer={root}/tokenizer", f"data.output_dir={root}/packed"]
     with pytest.raises(ConfigError, match="grow.donor is not set"):
-        GrowStage(load_config("tiny", overrides))
+        setup(load_config("tiny", overrides))
     with pytest.raises(ConfigError, match="not an HF model dir"):
-        GrowStage(load_config("tiny", overrides + [f"grow.donor={tmp_path}"]))
+        setup(load_config("tiny", overrides + [f"grow.donor={tmp_path}"]))
     make_donor(LLAMA).save_pretrained(tmp_path / "donor300")  # vocab 300, the data has 2048
     with pytest.raises(ConfigError, match="donor vocab 300 != data vocab 2048"):
-        GrowStage(load_config("tiny", overrides + [f"grow.donor={tmp_path / 'donor300'}"]))
+        setup(load_config("tiny", overrides + [f"grow.donor={tmp_path / 'donor300'}"]))
     gpt2 = build_model(hf_config(GPT2, 2048, TOKEN_IDS))
     gpt2.save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ConfigError, match="donor is gpt2, target is llama"):
-        GrowStage(load_config("tiny", overrides + [f"grow.donor={tmp_path / 'gpt2'}"]))
+        setup(load_config("tiny", overrides + [f"grow.donor={tmp_path / 'gpt2'}"]))
 
 
 def test_aki_takes_new_units_from_the_next_layer():

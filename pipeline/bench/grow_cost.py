@@ -39,7 +39,8 @@ def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int
 
     config = load_config(recipe, overrides)
     rank, world_size = init_distributed()
-    stage = GrowStage(config) if arm == "grow" else PretrainStage()
+    stage = GrowStage() if arm == "grow" else PretrainStage()
+    stage.setup(config)
     schedule = stage.schedule(config)
     ds = deepspeed_config(schedule, world_size)
     samples = PackedSamples(config.data.output_dir, "train")
