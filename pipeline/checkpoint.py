@@ -24,11 +24,10 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 
 from pipeline.config import ConfigError
-from pipeline.engine import full_fp32_state_dict
+from pipeline.engine import full_fp32_parameters
 
 
 def latest_tag(checkpoint_dir: Path) -> str | None:
@@ -156,27 +155,53 @@ def consolidated_state_dict(checkpoint_dir: Path, tag: str, zero_stage: int) -> 
 
 
 def save_hf_model(engine, hf_config, tokenizer, out_dir: Path, rank: int) -> None:
-    """Write the engine's weights as a plain Hugging Face model dir. Collective."""
-    write_hf_dir(full_fp32_state_dict(engine, rank), hf_config, tokenizer, out_dir, rank)
+    """Write the engine's weights as a plain Hugging Face model dir, one parameter at a time (rank 0
+    never holds more than a shard). Collective."""
+    write_hf_dir(full_fp32_parameters(engine, rank), hf_config, tokenizer, out_dir, rank)
 
 
-def write_hf_dir(state: dict, hf_config, tokenizer, out_dir: Path, rank: int) -> None:
-    """Rank 0 writes the model dir; all ranks call it (it ends with a barrier)."""
+def write_hf_dir(weights, hf_config, tokenizer, out_dir: Path, rank: int) -> None:
+    """Rank 0 writes the model dir from `weights`, (HF name, tensor) pairs; every rank iterates them (a
+    generator may run collectives; other ranks' values are None) and ends with a barrier."""
     if rank == 0:
-        write_hf_files(state, hf_config, tokenizer, out_dir)
+        write_hf_files(weights, hf_config, tokenizer, out_dir)
+    else:
+        for _ in weights:
+            pass
     dist.barrier()
 
 
-def write_hf_files(state: dict, hf_config, tokenizer, out_dir: Path, max_shard_size: str = "2GB") -> None:
-    """``state`` (HF names) as sharded safetensors + config + tokenizer, which
-    ``AutoModelForCausalLM.from_pretrained`` loads."""
+def write_hf_files(weights, hf_config, tokenizer, out_dir: Path, max_shard_bytes: int = 2 * 10**9) -> None:
+    """`weights`, (HF name, tensor) pairs as they are produced (a layer at a time), as safetensors shards
+    of at most `max_shard_bytes` (one larger tensor gets its own) + index + config + tokenizer, which
+    ``AutoModelForCausalLM.from_pretrained`` loads. Only one shard is in memory at a time."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
-                                               max_shard_size=max_shard_size)
-    for filename, names in split.filename_to_tensors.items():
-        save_file({n: state[n].contiguous() for n in names}, out_dir / filename, metadata={"format": "pt"})
-    if split.is_sharded:
-        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+    shards, shard, shard_bytes, total = [], {}, 0, 0
+
+    def flush():
+        path = out_dir / f"model.part{len(shards)}.safetensors"
+        save_file(shard, path, metadata={"format": "pt"})
+        shards.append((path, list(shard)))
+
+    for name, tensor in weights:
+        size = tensor.numel() * tensor.element_size()
+        if shard and shard_bytes + size > max_shard_bytes:
+            flush()
+            shard, shard_bytes = {}, 0
+        shard[name] = tensor.contiguous()
+        shard_bytes += size
+        total += size
+    if shard or not shards:
+        flush()
+    if len(shards) == 1:
+        shards[0][0].rename(out_dir / "model.safetensors")
+    else:  # the names from_pretrained expects, known once the count is
+        weight_map = {}
+        for i, (path, names) in enumerate(shards):
+            filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            path.rename(out_dir / filename)
+            weight_map.update(dict.fromkeys(names, filename))
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     hf_config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -241,14 +241,14 @@ def peak_memory_gb() -> float:
     return get_accelerator().max_memory_allocated() / 1e9
 
 
-def full_fp32_state_dict(engine, rank: int, trainable_only: bool = False) -> dict[str, torch.Tensor]:
-    """The model's full fp32 weights on rank 0 (empty elsewhere), gathered one parameter at a time so
-    no rank holds more than one extra full tensor beyond rank 0's copy. All ranks must call this.
+def full_fp32_parameters(engine, rank: int, trainable_only: bool = False):
+    """Yield (name, full fp32 weight) per parameter: the value on rank 0 (a CPU copy), None elsewhere.
+    Gathered one parameter at a time, so no rank holds more than one extra full tensor; every rank must
+    iterate it to the end (the gathers are collective).
 
     The optimizer's fp32 master copy is used where there is one (ZeRO 1-3, bf16): the module's own
     weights may be bf16 roundings of it."""
     stage3 = engine.zero_optimization_stage() == 3
-    state = {}
     for name, param in engine.module.named_parameters():
         if trainable_only and not param.requires_grad:
             continue
@@ -256,9 +256,7 @@ def full_fp32_state_dict(engine, rank: int, trainable_only: bool = False) -> dic
         if full is None:  # no master copy (fp32 ZeRO-0, frozen parameters): the module holds the value
             with deepspeed.zero.GatheredParameters([param], enabled=stage3):
                 full = param.detach().clone()
-        if rank == 0:
-            state[name] = full.detach().to("cpu", torch.float32).clone()
-    return state
+        yield name, full.detach().to("cpu", torch.float32).clone() if rank == 0 else None
 
 
 def checkpoint_bytes(engine) -> int:

@@ -42,7 +42,7 @@ def export(run_dir: Path, tag: str | None = None, out_dir: Path | None = None) -
     tokenizer = load_tokenizer(_tokenizer_path(progress))
     state = _untied(checkpoint.consolidated_state_dict(checkpoints, tag, progress["zero_stage"]))
     _check_names(state, model_config)
-    checkpoint.write_hf_files(state, model_config, tokenizer, out_dir)
+    checkpoint.write_hf_files(state.items(), model_config, tokenizer, out_dir)
     return out_dir
 
 

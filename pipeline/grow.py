@@ -35,7 +35,7 @@ from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.packing import read_meta
 from pipeline.data.tokenizer import load_tokenizer
-from pipeline.engine import (all_reduce_mean, build_engine, end_stage_process, full_fp32_state_dict,
+from pipeline.engine import (all_reduce_mean, build_engine, end_stage_process, full_fp32_parameters,
                              partitioned_construction, set_master_weights, trainable_parameters_per_rank)
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
@@ -171,17 +171,18 @@ class GrowStage:
 
     def export(self, trainer: Trainer) -> None:
         """Rank 0 rebuilds the operator in fp32 on CPU from the donor files and the trained coefficients
-        (the optimizer's fp32 masters: under bf16 the engine's copies are rounded), then materializes
-        the target layer by layer into <run>/hf."""
-        trainable = full_fp32_state_dict(trainer.engine, trainer.rank, trainable_only=True)
+        (the optimizer's fp32 masters: under bf16 the engine's copies are rounded), then streams the
+        target, generated layer by layer, into <run>/hf's shards (never the whole target in memory)."""
+        trainable = {name: value for name, value in full_fp32_parameters(trainer.engine, trainer.rank, trainable_only=True)
+                     if value is not None}
         per_rank = trainable_parameters_per_rank(trainer.engine)
-        weights = {}
+        weights = iter(())
         if trainer.rank == 0:
             operator = self._operator()
             missing, unexpected = operator.load_state_dict(
                 {name.removeprefix("operator."): value for name, value in trainable.items()}, strict=False)
             assert not unexpected and all(not p.requires_grad for n, p in operator.named_parameters() if n in missing)
-            weights = dict(operator.materialize())
+            weights = operator.materialize()  # generated a layer at a time as the writer takes them
             torch.save(trainable, trainer.run_dir / "operator.pt")
             (trainer.run_dir / "operator.json").write_text(json.dumps(
                 {"plan": dataclasses.asdict(self.plan), "donor": trainer.config.grow.donor}, indent=2))

@@ -47,3 +47,35 @@ def test_exported_checkpoint_has_the_training_models_logits(prepared, tmp_path, 
     assert export("--run", run_dir, "--tag", "step3", "--out", tmp_path / "step3").returncode == 0
     refused = export("--run", run_dir, "--tag", "step3", "--out", tmp_path / "step3")
     assert refused.returncode != 0 and "not empty" in refused.stderr
+
+
+def test_hf_files_are_written_as_they_come_in_bounded_shards(prepared, tmp_path):
+    """write_hf_files takes weights one at a time (a generator, as the grow export produces them) and
+    cuts shards at max_shard_bytes; from_pretrained loads the sharded dir as the same model."""
+    from safetensors import safe_open
+    from pipeline import checkpoint
+    from pipeline.data.tokenizer import load_tokenizer
+    from pipeline.models.hf import build_model, hf_config
+    from pipeline.models.sizes import SIZES
+    _, _, meta = prepared
+    torch.manual_seed(0)
+    model = build_model(hf_config(SIZES["llama-nano"], 2048, {}))
+    tokenizer = load_tokenizer(meta["tokenizer"])
+    produced = []
+
+    def weights():
+        for name, value in model.state_dict().items():
+            produced.append(name)
+            yield name, value
+
+    checkpoint.write_hf_files(weights(), model.config, tokenizer, tmp_path, max_shard_bytes=600_000)
+    shards = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert len(shards) > 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    for shard in shards:  # each shard within the bound unless it holds one larger tensor
+        with safe_open(tmp_path / shard, "pt") as f:
+            sizes = [f.get_tensor(k).numel() * 4 for k in f.keys()]
+        assert sum(sizes) <= 600_000 or len(sizes) == 1
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    ids = torch.randint(0, 2048, (1, 16))
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert produced == list(model.state_dict())
