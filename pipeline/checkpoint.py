@@ -24,6 +24,7 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pipeline.config import ConfigError
@@ -152,6 +153,49 @@ def consolidated_state_dict(checkpoint_dir: Path, tag: str, zero_stage: int) -> 
         state = torch.load(checkpoint_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
         return {name: value.float() for name, value in state["module"].items()}
     return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+
+
+def load_hf_partitions(model, hf_dir: Path) -> None:
+    """Fill a ZeRO-3-partitioned model's local partitions from an HF dir's safetensors: each rank reads
+    only the slice of each tensor that it holds (whole rows around it), never the whole checkpoint and
+    without gathering a parameter. transformers' own ZeRO-3 loading has rank 0 read every file and
+    gather each layer to hand it out."""
+    index = hf_dir / "model.safetensors.index.json"
+    files = (json.loads(index.read_text())["weight_map"] if index.exists()
+             else dict.fromkeys(_safetensors_names(hf_dir / "model.safetensors"), "model.safetensors"))
+    params = list(model.named_parameters())
+    missing = [name for name, _ in params if name not in files]
+    if missing:
+        raise ConfigError(f"{hf_dir} lacks {missing[:3]}{' ...' if len(missing) > 3 else ''}: not a checkpoint of "
+                          f"this architecture")
+    by_file: dict[str, list] = {}
+    for name, param in params:
+        by_file.setdefault(files[name], []).append((name, param))
+    for filename, entries in by_file.items():
+        with safe_open(hf_dir / filename, framework="pt") as f:
+            for name, param in entries:
+                _load_partition(f.get_slice(name), param, name, hf_dir)
+
+
+def _load_partition(stored, param, name: str, hf_dir: Path) -> None:
+    shape = tuple(stored.get_shape())
+    if shape != tuple(param.ds_shape):
+        raise ConfigError(f"{hf_dir}: {name} has shape {shape}, the model expects {tuple(param.ds_shape)}")
+    local = param.ds_tensor  # this rank's flat slice [rank * size, (rank + 1) * size) of the flattened tensor
+    start = dist.get_rank(group=param.ds_process_group) * local.numel()
+    end = min(start + local.numel(), param.ds_numel)
+    if start >= end:
+        return  # padding only
+    row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    first, last = start // row, -(-end // row)
+    values = stored[first:last].reshape(-1)[start - first * row:end - first * row]
+    with torch.no_grad():
+        local.data[:end - start].copy_(values)
+
+
+def _safetensors_names(path: Path) -> list[str]:
+    with safe_open(path, framework="pt") as f:
+        return list(f.keys())
 
 
 def save_hf_model(engine, hf_config, tokenizer, out_dir: Path, rank: int) -> None:

@@ -34,13 +34,13 @@ from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
                              end_stage_process, init_distributed, model_construction, peak_memory_gb,
                              param_group_decays, peak_tflops_per_rank, restore_param_group_settings, skip_next_update,
-                             training_dtype)
+                             training_dtype, zero_stage)
 from pipeline.metrics import MetricsLogger
 from pipeline.preemption import StopRequest
 from pipeline.preflight import all_ranks_agree
 from pipeline.resume import check_disk_space, check_launch, prepare_run_dir
 from pipeline.throughput import ThroughputMeter
-from pipeline.models.hf import build_model, hf_config, shape_of, special_token_ids
+from pipeline.models.hf import build_model, checkpoint_config, hf_config, shape_of, special_token_ids
 from pipeline.models.sizes import resolve_shape
 
 
@@ -63,14 +63,20 @@ class PretrainStage:
         return config.train
 
     def build_model(self, config: Config, target_config, ds: dict) -> torch.nn.Module:
-        with model_construction(ds):
-            model = build_model(target_config, config.train.init_from)
-        if model.config.vocab_size != target_config.vocab_size:
-            raise ConfigError(f"train.init_from model has vocab {model.config.vocab_size}, the data has "
+        init_from = config.train.init_from
+        model_config = target_config if init_from is None else checkpoint_config(init_from)
+        if model_config.vocab_size != target_config.vocab_size:
+            raise ConfigError(f"train.init_from model has vocab {model_config.vocab_size}, the data has "
                               f"{target_config.vocab_size}: use the tokenizer the model was trained with")
-        if config.train.init_from and shape_of(model.config) != resolve_shape(config.model):
-            raise ConfigError(f"train.init_from holds a {shape_of(model.config)}, the recipe's model section says "
+        if init_from and shape_of(model_config) != resolve_shape(config.model):
+            raise ConfigError(f"train.init_from holds a {shape_of(model_config)}, the recipe's model section says "
                               f"{resolve_shape(config.model)}: set model.size (and overrides) to the checkpoint's shape")
+        partitioned = zero_stage(ds) == 3
+        with model_construction(ds):
+            # under ZeRO-3 each rank reads only its partitions of the checkpoint (checkpoint.load_hf_partitions)
+            model = build_model(model_config, None if partitioned else init_from)
+        if init_from and partitioned:
+            checkpoint.load_hf_partitions(model, Path(init_from))
         if config.model.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model

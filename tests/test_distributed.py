@@ -300,3 +300,24 @@ def test_two_node_job_grows_then_trains_and_resumes(prepared, donor, tmp_path):
     run_deepspeed(["--module", "pipeline.train", "--config", "tiny", f"run.dir={one_node}", *overrides])
     assert _deterministic(read_metrics(two_nodes)) == _deterministic(read_metrics(one_node))
     assert (two_nodes / "hf" / "model.safetensors").exists()
+
+
+def test_zero3_init_from_reads_each_ranks_partition(prepared, donor, tmp_path):
+    """train.init_from under ZeRO-3 fills each rank's partitions from the safetensors directly. On 3
+    ranks the partitions split rows and pad the last rank; the source is written in several shards:
+    the step-0 validation loss is the source model's own."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from pipeline import checkpoint
+    from pipeline.data.tokenizer import load_tokenizer
+    root, _, meta = prepared
+    model = AutoModelForCausalLM.from_pretrained(donor, dtype=torch.float32)
+    source = tmp_path / "source"
+    checkpoint.write_hf_files(model.state_dict().items(), model.config, load_tokenizer(meta["tokenizer"]), source,
+                              max_shard_bytes=400_000)
+    assert len(list(source.glob("model-*.safetensors"))) > 2
+    run_deepspeed(["--module", "pipeline.train", "--config", "tiny", "--until-step", "1", f"run.dir={tmp_path / 'run'}",
+                   *data_overrides(root), *SHORT_RUN, f"train.init_from={source}", "train.deepspeed_config=zero3"],
+                  ranks=3)
+    step0 = read_metrics(tmp_path / "run")[0]["val/loss"]
+    assert step0 == pytest.approx(exported_val_loss(source, root, ranks=3), rel=1e-5)

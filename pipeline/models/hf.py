@@ -6,9 +6,11 @@ The model code never knows about parallelism: ZeRO-3 partitioned construction is
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
 
 from pipeline.errors import ConfigError
 from pipeline.models.sizes import ModelShape
@@ -60,6 +62,13 @@ def resized_config(config: PretrainedConfig, shape: ModelShape) -> PretrainedCon
                            intermediate_size=shape.ffn, max_position_embeddings=shape.max_positions,
                            head_dim=shape.head_dim))
     return config
+
+
+def checkpoint_config(hf_dir: str) -> PretrainedConfig:
+    """The config of an HF model dir (its shape and hyperparameters), read before any weight."""
+    if not (Path(hf_dir) / "config.json").exists():
+        raise ConfigError(f"{hf_dir} is not an HF model dir (no config.json)")
+    return AutoConfig.from_pretrained(hf_dir)
 
 
 def build_model(config: PretrainedConfig | None, init_from: str | None = None) -> transformers.PreTrainedModel:
