@@ -20,6 +20,9 @@ from deepspeed.accelerator import get_accelerator
 from transformers.integrations import HfDeepSpeedConfig
 
 from pipeline.config import TrainConfig, check_batch_triad, load_deepspeed_json
+from pipeline.errors import ConfigError
+from pipeline.flops import layer_matmul_parameters
+from pipeline.models.sizes import ModelShape
 from pipeline.preflight import preflight
 from pipeline.throughput import datasheet_tflops, measured_matmul_tflops
 
@@ -72,9 +75,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def deepspeed_config(train: TrainConfig, world_size: int) -> dict:
-    """The shipped JSON (ZeRO stage, precision, ...) plus the recipe-owned batch and clipping keys."""
+def deepspeed_config(train: TrainConfig, world_size: int, shape: ModelShape) -> dict:
+    """The shipped JSON (ZeRO stage, precision, ...) with its "auto" sizes filled for `shape`, plus the
+    recipe-owned batch and clipping keys."""
     ds = load_deepspeed_json(train.deepspeed_config)
+    zero = ds.get("zero_optimization", {})
+    for key, value in zero.items():
+        if value == "auto":
+            zero[key] = auto_zero_size(key, shape)
     ds.update(train_batch_size=check_batch_triad(train, world_size),
               train_micro_batch_size_per_gpu=train.micro_batch_size,
               gradient_accumulation_steps=train.grad_accum_steps,
@@ -82,6 +90,23 @@ def deepspeed_config(train: TrainConfig, world_size: int) -> dict:
               # our AdamW is torch's with a skippable step (below); DeepSpeed tests optimizers by exact type
               zero_allow_untested_optimizer=True)
     return ds
+
+
+def auto_zero_size(key: str, shape: ModelShape) -> int:
+    """ZeRO buffer and residency sizes (in elements) for a model of `shape`. DeepSpeed's defaults
+    (reduce bucket 5e8 = 2 GB in fp32, 1e9 live parameters, reuse distance 1e9) are sized for large
+    GPUs and keep every gathered parameter of a <1B model resident through forward and backward. As
+    transformers' "auto": buckets of hidden^2, small tensors (< 10 hidden) not partitioned; and at most
+    two blocks' parameters gathered at once (the one computing and the one prefetched), released after
+    use unless reused within one block (activation checkpointing's recompute)."""
+    block = layer_matmul_parameters(shape) // shape.layers
+    sizes = {"reduce_bucket_size": shape.hidden ** 2, "allgather_bucket_size": shape.hidden ** 2,
+             "stage3_prefetch_bucket_size": int(0.9 * shape.hidden ** 2),
+             "stage3_param_persistence_threshold": 10 * shape.hidden,
+             "stage3_max_live_parameters": 2 * block, "stage3_max_reuse_distance": block}
+    if key not in sizes:
+        raise ConfigError(f"zero_optimization.{key}: \"auto\" is supported for {sorted(sizes)} only; give a number")
+    return sizes[key]
 
 
 def zero_stage(ds: dict) -> int:

@@ -130,7 +130,7 @@ class Trainer:
         # every rank checks its own files (a node may lack them) and all agree before rank 0 touches the run dir
         with all_ranks_agree("the checks before training"):
             self.stage.setup(config)
-            ds = deepspeed_config(t, self.world_size)  # raises on a bad batch triad before any work
+            ds = deepspeed_config(t, self.world_size, resolve_shape(config.model))  # raises on a bad batch triad before any work
             self.train_samples = PackedSamples(config.data.output_dir, "train")
             self.tokenizer = load_tokenizer(self.train_samples.meta["tokenizer"])
             vocab_size = self.train_samples.meta["vocab_size"]

@@ -119,3 +119,21 @@ def test_loading_a_config_imports_no_model_code():
             "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_auto_zero_sizes_are_filled_from_the_model_shape(tmp_path):
+    from pipeline.engine import auto_zero_size, deepspeed_config
+    from pipeline.flops import layer_matmul_parameters
+    from pipeline.models.sizes import SIZES
+    shape = SIZES["llama-125m"]
+    ds = deepspeed_config(load_config("tiny", ["train.deepspeed_config=zero3"]).train, 2, shape)
+    zero = ds["zero_optimization"]
+    block = layer_matmul_parameters(shape) // shape.layers
+    assert zero["reduce_bucket_size"] == 768 ** 2 and zero["stage3_param_persistence_threshold"] == 7680
+    assert zero["stage3_max_live_parameters"] == 2 * block and zero["stage3_max_reuse_distance"] == block
+    assert not [k for k, v in zero.items() if v == "auto"]
+    custom = tmp_path / "custom.json"
+    custom.write_text('{"zero_optimization": {"stage": 3, "reduce_bucket_size": 123, "sub_group_size": "auto"}}')
+    with pytest.raises(ConfigError, match='sub_group_size: "auto" is supported for'):
+        deepspeed_config(load_config("tiny", [f"train.deepspeed_config={custom}"]).train, 2, shape)
+    assert auto_zero_size("allgather_bucket_size", shape) == 768 ** 2

@@ -17,7 +17,7 @@ rank, world_size = init_distributed()
 results = []
 for size in ("llama-micro", "gpt2-micro"):
     config = load_config("tiny", [f"model.size={size}", "train.deepspeed_config=zero3", f"data.output_dir={data_dir}"])
-    ds = deepspeed_config(config.train, world_size)
+    ds = deepspeed_config(config.train, world_size, resolve_shape(config.model))
     samples = PackedSamples(data_dir, "validation")
     torch.manual_seed(0)
     with model_construction(ds):

@@ -42,7 +42,7 @@ def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int
     stage = GrowStage() if arm == "grow" else PretrainStage()
     stage.setup(config)
     schedule = stage.schedule(config)
-    ds = deepspeed_config(schedule, world_size)
+    ds = deepspeed_config(schedule, world_size, resolve_shape(config.model))
     samples = PackedSamples(config.data.output_dir, "train")
     tokenizer = load_tokenizer(samples.meta["tokenizer"])
     target = hf_config(resolve_shape(config.model), samples.meta["vocab_size"], special_token_ids(tokenizer))

@@ -187,7 +187,7 @@ def main() -> None:
     floor = runtime_floor_gb()
     rows = []
     for ranks in (int(r) for r in args.ranks.split(",")):
-        ds = deepspeed_config(config.train, ranks)
+        ds = deepspeed_config(config.train, ranks, resolve_shape(config.model))
         for stage in args.stages.split(","):
             extra = [f"grow.donor={donor_dir}"] if stage == "grow" else []
             measured = run_stage(stage, ranks, args.config, [*overrides, *extra], out / f"{stage}-{ranks}ranks")
