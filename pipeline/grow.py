@@ -159,15 +159,14 @@ class GrowStage:
         return flops + 3 * self._generation_flops_per_token(config, vocab_size)
 
     def hardware_flops_per_token(self, config: Config, vocab_size: int) -> float:
-        """Model FLOPs plus what is recomputed to save memory: whole modules (`activations`) or the
-        weights regenerated in backward (`weights`, `activations`), as activation checkpointing is
-        counted in the train stage."""
+        """Model FLOPs plus what is recomputed to save memory (pipeline/growth/model.py): `activations`
+        re-runs whole modules, generation included; `weights` generates every weight twice more (for the
+        module's backward, and with grad when backward reaches the operator)."""
         flops = self.model_flops_per_token(config, vocab_size)
         if self.recompute == "activations":
             flops += recompute_flops_per_token(self.plan.target, config.data.seq_len)
-        if self.recompute != "none":
-            flops += self._generation_flops_per_token(config, vocab_size)
-        return flops
+        regenerations = {"none": 0, "activations": 1, "weights": 2}[self.recompute]
+        return flops + regenerations * self._generation_flops_per_token(config, vocab_size)
 
     def export(self, trainer: Trainer) -> None:
         """Rank 0 rebuilds the operator in fp32 on CPU from the donor files and the trained coefficients

@@ -8,7 +8,9 @@ generator for that module's weights and runs the original module with them
 unsharded copy of the whole target per rank. Instead:
   recompute="weights"      autograd saves a reference in place of each generated weight and
                            backward regenerates the module's weights (activations are stored as in
-                           training): the memory of training the target, at little extra time;
+                           training), and the generation itself runs in a checkpoint (its
+                           intermediates are recomputed when backward reaches the operator): the
+                           memory of training the target, at two extra generations per step;
   recompute="activations"  the whole module runs in an activation checkpoint (weights and
                            activations recomputed): the memory of training with activation
                            checkpointing;
@@ -75,9 +77,13 @@ class Generated(nn.Module):
         return self._generate_and_run(*args, **kwargs)
 
     def _generate_and_run(self, *args, **kwargs):
-        weights = self.weights()
-        if self.recompute == "none" or not torch.is_grad_enabled():
-            return functional_call(self.module, weights, args, kwargs)
+        # "activations": already inside a checkpoint, whose recompute regenerates the weights (hooks of
+        # our own here would replace the checkpoint's and keep the module's activations)
+        if self.recompute != "weights" or not torch.is_grad_enabled():
+            return functional_call(self.module, self.weights(), args, kwargs)
+        # the generation's intermediates (depth blends, half-expanded products) are not kept either:
+        # backward regenerates them when it reaches the operator
+        weights = checkpoint(self.weights, use_reentrant=False)
         hooks = RegeneratedWeights(weights, self.weights)
         with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
             return functional_call(self.module, weights, args, kwargs)
