@@ -281,6 +281,15 @@ def test_aki_keeps_donor_heads_when_query_groups_grow():
             assert_same(q_aki[slot, :, :128], q_next[source] / 3)
 
 
+def test_the_frozen_donor_is_held_in_buffers_not_parameters():
+    """ZeRO-3 partitions and gathers parameters: the donor must not be one (every generated layer would
+    gather it), nor be saved in the operator's checkpoints."""
+    op, _ = grow(make_donor(LLAMA), TARGETS["llama non-integer width, depth 2->3"][1])
+    assert all(p.requires_grad for p in op.parameters())
+    assert not [name for name in op.state_dict() if name.startswith(("donor.", "globals."))]
+    assert {name.split(".")[0] for name, _ in op.named_buffers()} >= {"donor", "globals"}
+
+
 def test_recompute_changes_memory_not_math():
     """Regenerating weights (or whole modules) in backward gives the same loss and operator gradients
     as storing the generated weights."""

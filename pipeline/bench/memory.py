@@ -116,7 +116,7 @@ def theory(stage: str, config, ds: dict, ranks: int, vocab_size: int, donor: Mod
         n_operator = sum(value.numel() for _, value in operator_init(plan, adapter).named_values())
         for name, value in model_state_bytes(n_operator, zero, ranks, bf16).items():
             parts[f"operator {name}"] = value
-        parts["frozen donor (fp32)"] = 4 * parameter_counts(donor, vocab_size)[0] / (ranks if zero == 3 else 1)
+        parts["frozen donor (fp32, every rank)"] = 4 * parameter_counts(donor, vocab_size)[0]
         # generated once per step (embeddings, head, final norm); blocks one at a time (grow.recompute)
         parts["generated weights (globals + one block)"] = 4 * (n - (shape.layers - 1) * block)
         n = n_operator

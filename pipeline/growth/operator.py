@@ -24,7 +24,8 @@ official code: the target is generated one layer at a time at the cost of L2 (no
 The operator is never a dense (L2*D2^2) x (L1*D1^2) matrix.
 
 Everything here is plain torch (no DeepSpeed): generator modules own their parameters, and
-`shared_parameters()` tells a ZeRO-3 wrapper which parameters each generator reads from elsewhere.
+`shared_parameters()` tells a ZeRO-3 wrapper which parameters each generator reads from elsewhere. The
+donor is frozen and held in buffers (replicated, never gathered).
 """
 
 from __future__ import annotations
@@ -219,17 +220,19 @@ def generation_flops(plan: GrowthPlan, adapter: Adapter, vocab_size: int) -> int
 
 
 class DonorLayers(nn.Module):
-    """The donor's layer weights, stacked over layers per canonical key, frozen."""
+    """The donor's layer weights, stacked over layers per canonical key, frozen. Buffers, not
+    parameters: every rank keeps the whole (small) donor, so ZeRO-3 neither partitions it nor gathers
+    it for each generated layer, and checkpoints do not store it (it is read from grow.donor)."""
 
     def __init__(self, layers: list[dict[str, torch.Tensor]]):
         super().__init__()
         self.keys = list(layers[0])
         for key in self.keys:
-            stacked = torch.stack([layer[key] for layer in layers]).float()
-            self.register_parameter(_attr(key), nn.Parameter(stacked, requires_grad=False))
+            self.register_buffer(_attr(key), torch.stack([layer[key] for layer in layers]).float(), persistent=False)
 
-    def stack(self, key: str) -> torch.Tensor:
-        return getattr(self, _attr(key))
+    def stack(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        """In the operator's dtype (the engine casts parameters, e.g. to bf16, not buffers)."""
+        return getattr(self, _attr(key)).to(dtype)
 
 
 def _attr(key: str) -> str:
@@ -253,8 +256,7 @@ class LayerGenerator(nn.Module):
         self.adapter = adapter
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        residual, donor = self._shared
-        return list(residual.parameters()) + list(donor.parameters())
+        return list(self._shared[0].parameters())
 
     def _expansion(self, role: str) -> Expansion:
         return self._shared[0] if role == "residual" else self.expansions[role]
@@ -262,7 +264,8 @@ class LayerGenerator(nn.Module):
     def _generate(self, key: str, depth: nn.ParameterDict) -> torch.Tensor:
         residual, donor = self._shared
         module, kind = key.split(".")
-        blended = torch.einsum("j,j...->...", depth_coefficients_of(depth, module), donor.stack(key))
+        coefficients = depth_coefficients_of(depth, module)
+        blended = torch.einsum("j,j...->...", coefficients, donor.stack(key, coefficients.dtype))
         if module in NORMS:
             return residual.norm_vector(blended, kind)
         row_role, col_role = LAYER_ROLES[module]
@@ -298,8 +301,8 @@ class GlobalGenerator(nn.Module):
                  positions: int):
         super().__init__()
         self.positions = positions
-        for key, value in donor_globals.items():
-            self.register_parameter(_attr(key), nn.Parameter(value.float().clone(), requires_grad=False))
+        for key, value in donor_globals.items():  # frozen: buffers, as DonorLayers
+            self.register_buffer(_attr(key), value.float().clone(), persistent=False)
         self._shared = (residual,)
         self.adapter = adapter
 
@@ -308,7 +311,7 @@ class GlobalGenerator(nn.Module):
 
     def forward(self, key: str) -> torch.Tensor:
         residual = self._shared[0]
-        donor = getattr(self, _attr(key))
+        donor = getattr(self, _attr(key)).to(residual.weight.dtype)
         if key in ("embed", "pos"):  # residual writers: columns are the residual stream
             if key == "pos":
                 donor = donor[:self.positions]
