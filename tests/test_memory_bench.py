@@ -42,7 +42,7 @@ def test_activation_checkpointing_keeps_block_inputs_and_one_block():
 def test_benchmark_measures_a_stage(prepared, tmp_path):
     root, _, _ = prepared
     cmd = [sys.executable, "-m", "pipeline.bench", "memory", "--config", "tiny", "--ranks", "1", "--stages", "train",
-           "--out", str(tmp_path), *data_overrides(root)]
+           "--phases", "--out", str(tmp_path), *data_overrides(root)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -52,3 +52,8 @@ def test_benchmark_measures_a_stage(prepared, tmp_path):
     assert row["stage_peak_gb"] >= row["training_peak_gb"] > results["runtime_floor_gb"] > 0.1
     assert row["theory_gb"] == pytest.approx(sum(row["theory_parts_gb"].values()))
     assert "| train | 1 |" in proc.stdout
+    phases = {p["phase"]: p for p in row["phases"]}  # the probe: resident memory after each phase
+    assert list(phases)[:3] == ["libraries + process group", "model built", "engine built"]
+    assert "step 2 optimizer" in phases
+    peaks = [p["peak_gb"] for p in row["phases"]]
+    assert all(p["resident_gb"] > 0.1 for p in row["phases"]) and peaks == sorted(peaks)  # a peak only grows

@@ -27,18 +27,17 @@ from pipeline.bench.arms import alternate, medians
 from pipeline.config import load_config
 
 
-def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int) -> dict:
-    """Inside the child process: build the arm's model and engine, time `steps` training steps."""
+def stage_engine(arm: str, config, rank: int, world_size: int, on_phase=lambda name: None):
+    """The arm's model and engine built by the stages' own code (the recipe's DeepSpeed config and
+    data), and its training batches. `on_phase(name)` is called after the model and after the engine."""
     from pipeline.data.loader import PackedSamples, TrainBatches
     from pipeline.data.tokenizer import load_tokenizer
-    from pipeline.engine import build_engine, deepspeed_config, init_distributed
+    from pipeline.engine import deepspeed_config
     from pipeline.grow import GrowStage
     from pipeline.models.hf import hf_config, special_token_ids
     from pipeline.models.sizes import resolve_shape
     from pipeline.train import PretrainStage
 
-    config = load_config(recipe, overrides)
-    rank, world_size = init_distributed()
     stage = GrowStage() if arm == "grow" else PretrainStage()
     stage.setup(config)
     schedule = stage.schedule(config)
@@ -47,8 +46,19 @@ def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int
     tokenizer = load_tokenizer(samples.meta["tokenizer"])
     target = hf_config(resolve_shape(config.model), samples.meta["vocab_size"], special_token_ids(tokenizer))
     torch.manual_seed(0)
-    engine = build_engine(stage.build_model(config, target, ds), schedule, ds)
+    model = stage.build_model(config, target, ds)
+    on_phase("model built")
+    engine = stage.build_engine(model, schedule, ds)
+    on_phase("engine built")
     batches = TrainBatches(samples, config.data.order_seed, schedule.micro_batch_size, 1, rank, world_size)
+    return engine, batches
+
+
+def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    """Inside the child process: build the arm's model and engine, time `steps` training steps."""
+    from pipeline.engine import init_distributed
+    rank, world_size = init_distributed()
+    engine, batches = stage_engine(arm, load_config(recipe, overrides), rank, world_size)
     times = []
     for step in range(warmup + steps):
         ids = batches.batch(step, 0)

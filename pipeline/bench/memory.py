@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench.grow_cost import save_random_donor
+from pipeline.bench.grow_cost import save_random_donor, stage_engine
 from pipeline.config import load_config
 from pipeline.data.packing import read_meta
 from pipeline.engine import free_port
@@ -136,7 +136,8 @@ def run_stage(stage: str, ranks: int, recipe: str, overrides: list[str], run_dir
         deepspeed = str(Path(sys.executable).parent / "deepspeed")
         launch = [deepspeed, "--num_gpus", str(ranks), "--master_port", str(free_port()), "--module",
                   f"pipeline.{stage}"]
-    cmd = [sys.executable, "-c", WRAPPER, *launch, "--config", recipe, f"run.dir={run_dir}", *overrides]
+    # --overwrite: the run dir is this benchmark's own (a stage refuses to start over a finished run)
+    cmd = [sys.executable, "-c", WRAPPER, *launch, "--config", recipe, "--overwrite", f"run.dir={run_dir}", *overrides]
     log = run_dir.parent / f"{run_dir.name}.log"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
@@ -148,6 +149,52 @@ def run_stage(stage: str, ranks: int, recipe: str, overrides: list[str], run_dir
     peak_kb = int(text.rsplit("peak_rss_kb", 1)[1].split()[0])
     steps = [r["perf/peak_memory_gb"] for r in read_metrics(run_dir) if "perf/peak_memory_gb" in r]
     return {"stage_peak_gb": peak_kb * 1024 / GB, "training_peak_gb": max(steps)}
+
+
+def resident_gb() -> float:
+    """This process's resident set now (not its peak)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / GB
+
+
+def probe_phases(stage: str, recipe: str, overrides: list[str], out_file: Path, steps: int) -> None:
+    """Inside each rank (under the launcher): build the stage's model and engine with its own code and
+    run `steps` steps, appending the resident set and the peak so far after each phase to out_file."""
+    from pipeline.engine import init_distributed, peak_memory_gb
+    rank, world_size = init_distributed()
+
+    def record(phase: str) -> None:
+        with out_file.open("a") as f:
+            f.write(json.dumps({"rank": rank, "phase": phase, "resident_gb": resident_gb(),
+                                "peak_gb": peak_memory_gb()}) + "\n")
+
+    record("libraries + process group")
+    engine, batches = stage_engine(stage, load_config(recipe, overrides), rank, world_size, record)
+    for step in range(steps):
+        ids = batches.batch(step, 0).to(engine.device)
+        loss = engine(input_ids=ids, labels=ids).loss
+        record(f"step {step + 1} forward")
+        engine.backward(loss)
+        record(f"step {step + 1} backward")
+        engine.step()
+        record(f"step {step + 1} optimizer")
+
+
+def run_phases(stage: str, ranks: int, recipe: str, overrides: list[str], out_file: Path, steps: int) -> list[dict]:
+    """Per phase, the largest resident set and peak over the ranks (GB)."""
+    out_file.unlink(missing_ok=True)
+    deepspeed = str(Path(sys.executable).parent / "deepspeed")
+    cmd = [deepspeed, "--num_gpus", str(ranks), "--master_port", str(free_port()), "--no_local_rank", "--module",
+           "pipeline.bench.memory",
+           "--probe", stage, "--probe-out", str(out_file), "--steps", str(steps), "--config", recipe, *overrides]
+    log = out_file.with_suffix(".log")
+    with log.open("w") as f:
+        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
+            sys.exit(f"[memory] the {stage} probe failed; last lines of {log}:\n{log.read_text()[-3000:]}")
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    phases = list(dict.fromkeys(r["phase"] for r in records))
+    return [{"phase": p, "resident_gb": max(r["resident_gb"] for r in records if r["phase"] == p),
+             "peak_gb": max(r["peak_gb"] for r in records if r["phase"] == p)} for p in phases]
 
 
 def runtime_floor_gb() -> float:
@@ -166,7 +213,14 @@ def main() -> None:
     parser.add_argument("--donor", default="llama-nano", metavar="SIZE[:field=value,...]",
                         help="the grow stage's donor shape (randomly initialized)")
     parser.add_argument("--out", default=None, help="run dirs and results.json (default: a temporary dir)")
+    parser.add_argument("--phases", action="store_true",
+                        help="also probe each (stage, ranks): resident memory after each build and step phase")
+    parser.add_argument("--probe", choices=["train", "grow"], help=argparse.SUPPRESS)  # child mode (each rank)
+    parser.add_argument("--probe-out", help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args()
+    if args.probe:
+        probe_phases(args.probe, args.config, overrides, Path(args.probe_out), args.steps)
+        return
     overrides = [*overrides, f"train.steps={args.steps}", "train.warmup_steps=1", "train.eval_batches=1",
                  f"train.eval_interval={args.steps}", f"train.log_interval={args.steps}",
                  f"train.checkpoint_interval={args.steps}", f"grow.steps={args.steps}", "grow.warmup_steps=1",
@@ -193,6 +247,9 @@ def main() -> None:
             measured = run_stage(stage, ranks, args.config, [*overrides, *extra], out / f"{stage}-{ranks}ranks")
             parts = theory(stage, config, ds, ranks, meta["vocab_size"], donor_shape)
             total = sum(parts.values()) / GB
+            if args.phases:
+                measured["phases"] = run_phases(stage, ranks, args.config, [*overrides, *extra],
+                                                out / f"{stage}-{ranks}ranks-phases.jsonl", args.steps)
             rows.append({"stage": stage, "ranks": ranks, **measured, "theory_gb": total,
                          "theory_parts_gb": {k: v / GB for k, v in parts.items()},
                          "stage_peak_over_theory": measured["stage_peak_gb"] / total,
@@ -218,6 +275,10 @@ def markdown(results: dict) -> str:
     for r in results["rows"]:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in r["theory_parts_gb"].items())
         lines.append(f"- {r['stage']}, {r['ranks']} rank(s): {parts}")
+    for r in results["rows"]:
+        if "phases" in r:
+            lines.append(f"\n{r['stage']}, {r['ranks']} rank(s), by phase (max over ranks): " + "; ".join(
+                f"{p['phase']} {p['resident_gb']:.2f} GB resident (peak {p['peak_gb']:.2f})" for p in r["phases"]))
     return "\n".join(lines)
 
 
