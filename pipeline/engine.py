@@ -98,12 +98,15 @@ def auto_zero_size(key: str, shape: ModelShape) -> int:
     GPUs and keep every gathered parameter of a <1B model resident through forward and backward. As
     transformers' "auto": buckets of hidden^2, small tensors (< 10 hidden) not partitioned; and at most
     two blocks' parameters gathered at once (the one computing and the one prefetched), released after
-    use unless reused within one block (activation checkpointing's recompute)."""
+    use unless reused within one block (activation checkpointing's recompute); and the optimizer
+    stepping ZeRO-3's partition in sub-groups of two blocks (default 1e9: the whole partition at once,
+    whose update temporaries are each as large as the partition)."""
     block = layer_matmul_parameters(shape) // shape.layers
     sizes = {"reduce_bucket_size": shape.hidden ** 2, "allgather_bucket_size": shape.hidden ** 2,
              "stage3_prefetch_bucket_size": int(0.9 * shape.hidden ** 2),
              "stage3_param_persistence_threshold": 10 * shape.hidden,
-             "stage3_max_live_parameters": 2 * block, "stage3_max_reuse_distance": block}
+             "stage3_max_live_parameters": 2 * block, "stage3_max_reuse_distance": block,
+             "sub_group_size": 2 * block}
     if key not in sizes:
         raise ConfigError(f"zero_optimization.{key}: \"auto\" is supported for {sorted(sizes)} only; give a number")
     return sizes[key]

@@ -131,9 +131,10 @@ def test_auto_zero_sizes_are_filled_from_the_model_shape(tmp_path):
     block = layer_matmul_parameters(shape) // shape.layers
     assert zero["reduce_bucket_size"] == 768 ** 2 and zero["stage3_param_persistence_threshold"] == 7680
     assert zero["stage3_max_live_parameters"] == 2 * block and zero["stage3_max_reuse_distance"] == block
+    assert zero["sub_group_size"] == 2 * block
     assert not [k for k, v in zero.items() if v == "auto"]
     custom = tmp_path / "custom.json"
-    custom.write_text('{"zero_optimization": {"stage": 3, "reduce_bucket_size": 123, "sub_group_size": "auto"}}')
-    with pytest.raises(ConfigError, match='sub_group_size: "auto" is supported for'):
+    custom.write_text('{"zero_optimization": {"stage": 3, "reduce_bucket_size": 123, "elastic_checkpoint": "auto"}}')
+    with pytest.raises(ConfigError, match='elastic_checkpoint: "auto" is supported for'):
         deepspeed_config(load_config("tiny", [f"train.deepspeed_config={custom}"]).train, 2, shape)
     assert auto_zero_size("allgather_bucket_size", shape) == 768 ** 2

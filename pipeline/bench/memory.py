@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,7 @@ def run_stage(stage: str, ranks: int, recipe: str, overrides: list[str], run_dir
     if code != 0:
         sys.exit(f"[memory] {stage} on {ranks} rank(s) failed (exit {code}); last lines of {log}:\n{text[-3000:]}")
     peak_kb = int(text.rsplit("peak_rss_kb", 1)[1].split()[0])
+    shutil.rmtree(run_dir / "checkpoints")  # measured: the benchmark's own checkpoints only take disk
     steps = [r["perf/peak_memory_gb"] for r in read_metrics(run_dir) if "perf/peak_memory_gb" in r]
     return {"stage_peak_gb": peak_kb * 1024 / GB, "training_peak_gb": max(steps)}
 
@@ -223,7 +225,8 @@ def main() -> None:
         return
     overrides = [*overrides, f"train.steps={args.steps}", "train.warmup_steps=1", "train.eval_batches=1",
                  f"train.eval_interval={args.steps}", f"train.log_interval={args.steps}",
-                 f"train.checkpoint_interval={args.steps}", f"grow.steps={args.steps}", "grow.warmup_steps=1",
+                 f"train.checkpoint_interval={args.steps}", "train.keep_checkpoints=1", f"grow.steps={args.steps}",
+                 "grow.warmup_steps=1",
                  "train.throughput_warmup_steps=0"]
     config = load_config(args.config, overrides)  # fail fast on a bad recipe
     meta = read_meta(Path(config.data.output_dir))
