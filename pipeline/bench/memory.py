@@ -128,6 +128,14 @@ def theory(stage: str, config, ds: dict, ranks: int, vocab_size: int, donor: Mod
     return parts
 
 
+def child_env(ranks: int) -> dict:
+    """The environment of a measured run: launched fresh, with the CPU threads split between the ranks
+    (threads matter to memory too: the allocator keeps an arena per thread)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
+    return env
+
+
 def run_stage(stage: str, ranks: int, recipe: str, overrides: list[str], run_dir: Path) -> dict:
     """The stage through the launcher (plain python for 1 rank); returns its measured peaks in GB."""
     module = ["-m", f"pipeline.{stage}"]
@@ -140,10 +148,8 @@ def run_stage(stage: str, ranks: int, recipe: str, overrides: list[str], run_dir
     # --overwrite: the run dir is this benchmark's own (a stage refuses to start over a finished run)
     cmd = [sys.executable, "-c", WRAPPER, *launch, "--config", recipe, "--overwrite", f"run.dir={run_dir}", *overrides]
     log = run_dir.parent / f"{run_dir.name}.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
     with log.open("w") as f:
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(ranks)).returncode
     text = log.read_text()
     if code != 0:
         sys.exit(f"[memory] {stage} on {ranks} rank(s) failed (exit {code}); last lines of {log}:\n{text[-3000:]}")
@@ -191,7 +197,7 @@ def run_phases(stage: str, ranks: int, recipe: str, overrides: list[str], out_fi
            "--probe", stage, "--probe-out", str(out_file), "--steps", str(steps), "--config", recipe, *overrides]
     log = out_file.with_suffix(".log")
     with log.open("w") as f:
-        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
+        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(ranks)).returncode != 0:
             sys.exit(f"[memory] the {stage} probe failed; last lines of {log}:\n{log.read_text()[-3000:]}")
     records = [json.loads(line) for line in out_file.read_text().splitlines()]
     phases = list(dict.fromkeys(r["phase"] for r in records))
