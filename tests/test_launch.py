@@ -25,9 +25,14 @@ def repo(tmp_path):
     return tmp_path
 
 
+LAUNCH_ENV = ("HOSTFILE", "MASTER_ADDR", "NODE_RANK", "NUM_GPUS", "NUM_NODES", "DRY_RUN", "MASTER_PORT", "FORWARD_ENV",
+              # what run.sh forwards by default: only what a test sets
+              "DS_ACCELERATOR", "OMP_NUM_THREADS", "HF_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM",
+              "CUDA_DEVICE_MAX_CONNECTIONS")
+
+
 def launch(repo, args, **env):
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("HOSTFILE", "MASTER_ADDR", "NODE_RANK", "NUM_GPUS", "NUM_NODES", "DRY_RUN", "MASTER_PORT")}
+    clean = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     return subprocess.run(["bash", str(repo / "launch" / "run.sh"), *args], capture_output=True, text=True,
                           env={**clean, "DEEPSPEED": str(repo / "deepspeed-stub"), **env}, timeout=60)
 
@@ -93,7 +98,7 @@ def test_slurm_job_starts_one_launcher_per_node_with_its_rank(repo):
                                   'for n in 0 1; do SLURM_NODEID=$n "$@"; done\n')
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("HOSTFILE", "MASTER_ADDR", "NODE_RANK", "MASTER_PORT")}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env.update(PATH=f"{bin_dir}:{env['PATH']}", SLURM_SUBMIT_DIR=str(repo), SLURM_JOB_ID="42",
                SLURM_JOB_NODELIST="gpu-[a17,b03]", SLURM_GPUS_ON_NODE="4", DEEPSPEED=str(repo / "deepspeed-stub"))
     proc = subprocess.run(["bash", str(repo / "launch" / "slurm.sbatch"), "grow", "--config", "big"],
