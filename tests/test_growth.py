@@ -290,6 +290,18 @@ def test_the_frozen_donor_is_held_in_buffers_not_parameters():
     assert {name.split(".")[0] for name, _ in op.named_buffers()} >= {"donor", "globals"}
 
 
+def test_the_frozen_donor_is_cast_once_per_dtype_and_kept_exact_in_fp32():
+    """Under bf16 each step generates every layer up to three times: the donor is cast once, not per
+    generation, and its fp32 copy (what an fp32 export reads) is not rounded by the cast."""
+    op, _ = grow(make_donor(LLAMA), TARGETS["llama non-integer width, depth 2->3"][1])
+    key = "q.weight"
+    fp32 = op.donor.get(key, torch.float32)
+    first, second = op.donor.get(key, torch.bfloat16), op.donor.get(key, torch.bfloat16)
+    assert first is second and first.dtype == torch.bfloat16
+    assert op.donor.get(key, torch.float32) is fp32 and fp32.dtype == torch.float32
+    assert not torch.equal(first.float(), fp32)  # the cast rounds; the kept fp32 stack does not
+
+
 def test_recompute_changes_memory_not_math():
     """Regenerating weights (or whole modules) in backward gives the same loss and operator gradients
     as storing the generated weights."""

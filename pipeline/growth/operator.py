@@ -219,20 +219,32 @@ def generation_flops(plan: GrowthPlan, adapter: Adapter, vocab_size: int) -> int
     return t.layers * per_layer + 2 * global_rows * d.hidden * t.hidden
 
 
-class DonorLayers(nn.Module):
-    """The donor's layer weights, stacked over layers per canonical key, frozen. Buffers, not
-    parameters: every rank keeps the whole (small) donor, so ZeRO-3 neither partitions it nor gathers
-    it for each generated layer, and checkpoints do not store it (it is read from grow.donor)."""
+class FrozenDonor(nn.Module):
+    """Donor tensors the operator reads but never trains, frozen. Buffers, not parameters: every rank
+    keeps the whole (small) donor, so ZeRO-3 neither partitions it nor gathers it for each generated
+    layer, and checkpoints do not store it (it is read from grow.donor). Kept in fp32 so that an
+    export in fp32 is exact; a cast to the operator's dtype (the engine casts parameters, e.g. to
+    bf16, not buffers) is made once and kept, not made again in each of a step's generations."""
 
-    def __init__(self, layers: list[dict[str, torch.Tensor]]):
+    def __init__(self, tensors: dict[str, torch.Tensor]):
         super().__init__()
-        self.keys = list(layers[0])
-        for key in self.keys:
-            self.register_buffer(_attr(key), torch.stack([layer[key] for layer in layers]).float(), persistent=False)
+        for key, value in tensors.items():
+            self.register_buffer(_attr(key), value.float().clone(), persistent=False)
+        self._casts: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
-    def stack(self, key: str, dtype: torch.dtype) -> torch.Tensor:
-        """In the operator's dtype (the engine casts parameters, e.g. to bf16, not buffers)."""
-        return getattr(self, _attr(key)).to(dtype)
+    def get(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        fp32 = getattr(self, _attr(key))
+        if dtype == fp32.dtype:
+            return fp32
+        cast = self._casts.get((key, dtype))
+        if cast is None or cast.device != fp32.device:  # buffers may have moved since
+            cast = self._casts[(key, dtype)] = fp32.to(dtype)
+        return cast
+
+
+def donor_layer_stacks(layers: list[dict[str, torch.Tensor]]) -> FrozenDonor:
+    """The donor's layer weights stacked over layers per canonical key."""
+    return FrozenDonor({key: torch.stack([layer[key] for layer in layers]) for key in layers[0]})
 
 
 def _attr(key: str) -> str:
@@ -244,7 +256,7 @@ class LayerGenerator(nn.Module):
     parameters; it reads the global residual expansion and the donor stacks (shared)."""
 
     def __init__(self, depth: dict[str, torch.Tensor], expansions: dict[str, Expansion],
-                 residual: Expansion, donor: DonorLayers, adapter: Adapter,
+                 residual: Expansion, donor: FrozenDonor, adapter: Adapter,
                  depth_new: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.depth = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in depth.items()})
@@ -265,7 +277,7 @@ class LayerGenerator(nn.Module):
         residual, donor = self._shared
         module, kind = key.split(".")
         coefficients = depth_coefficients_of(depth, module)
-        blended = torch.einsum("j,j...->...", coefficients, donor.stack(key, coefficients.dtype))
+        blended = torch.einsum("j,j...->...", coefficients, donor.get(key, coefficients.dtype))
         if module in NORMS:
             return residual.norm_vector(blended, kind)
         row_role, col_role = LAYER_ROLES[module]
@@ -301,8 +313,7 @@ class GlobalGenerator(nn.Module):
                  positions: int):
         super().__init__()
         self.positions = positions
-        for key, value in donor_globals.items():  # frozen: buffers, as DonorLayers
-            self.register_buffer(_attr(key), value.float().clone(), persistent=False)
+        self.donor = FrozenDonor(donor_globals)
         self._shared = (residual,)
         self.adapter = adapter
 
@@ -311,7 +322,7 @@ class GlobalGenerator(nn.Module):
 
     def forward(self, key: str) -> torch.Tensor:
         residual = self._shared[0]
-        donor = getattr(self, _attr(key)).to(residual.weight.dtype)
+        donor = self.donor.get(key, residual.weight.dtype)
         if key in ("embed", "pos"):  # residual writers: columns are the residual stream
             if key == "pos":
                 donor = donor[:self.positions]
@@ -384,7 +395,7 @@ class GrowthOperator(nn.Module):
         self.plan, self.adapter = plan, adapter
         init = operator_init(plan, adapter) if init is None else init
         self.residual = Expansion(init.residual, layer_norm=adapter.layer_norm)
-        self.donor = DonorLayers(donor_layers)
+        self.donor = donor_layer_stacks(donor_layers)
         self.globals = GlobalGenerator(donor_globals, self.residual, adapter, t.max_positions)
         blocks = {"q_heads": d.head_dim, "k_heads": d.head_dim, "v_heads": d.head_dim, "ffn": 1}
         # each generator owns its target layer's row of the depth matrices
