@@ -70,14 +70,18 @@ def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def shape_from_spec(spec: str):
+    """A model shape from "SIZE[:field=value,...]", e.g. "llama-125m:layers=24,hidden=576"."""
+    from pipeline.models.sizes import resolve_shape
+    size, _, fields = spec.partition(":")
+    return resolve_shape(load_config("tiny", [f"model.size={size}", *(f"model.{f}" for f in fields.split(",") if f)]).model)
+
+
 def save_random_donor(spec: str, config, out_dir: Path) -> None:
     from pipeline.data.packing import read_meta
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.models.hf import save_initialized_model
-    from pipeline.models.sizes import resolve_shape
-    size, _, fields = spec.partition(":")
-    shape_overrides = [f"model.size={size}"] + [f"model.{f}" for f in fields.split(",") if f]
-    shape = resolve_shape(load_config("tiny", shape_overrides).model)
+    shape = shape_from_spec(spec)
     meta = read_meta(Path(config.data.output_dir))
     save_initialized_model(shape, load_tokenizer(meta["tokenizer"]), meta["vocab_size"], out_dir, seed=0)
     print(f"random donor {shape} in {out_dir}", flush=True)

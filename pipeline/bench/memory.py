@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench.grow_cost import save_random_donor, stage_engine
+from pipeline.bench.grow_cost import save_random_donor, shape_from_spec, stage_engine
 from pipeline.config import load_config
 from pipeline.data.packing import read_meta
 from pipeline.engine import free_port
@@ -244,9 +244,7 @@ def main() -> None:
     donor_dir = out / "donor"
     if "grow" in args.stages and not (donor_dir / "config.json").exists():
         save_random_donor(args.donor, config, donor_dir)
-    donor_shape = resolve_shape(load_config("tiny", [f"model.size={args.donor.partition(':')[0]}",
-                                                     *(f"model.{f}" for f in args.donor.partition(":")[2].split(",")
-                                                       if f)]).model)
+    donor_shape = shape_from_spec(args.donor)
     floor = runtime_floor_gb()
     rows = []
     for ranks in (int(r) for r in args.ranks.split(",")):
