@@ -237,6 +237,12 @@ def write_hf_files(weights, hf_config, tokenizer, out_dir: Path, max_shard_bytes
         total += size
     if shard or not shards:
         flush()
+    # an earlier export into this directory (another shard count) must not survive beside this one:
+    # from_pretrained takes model.safetensors before an index, so a stale one would load instead
+    written = {path for path, _ in shards}
+    for stale in [*out_dir.glob("model*.safetensors"), out_dir / "model.safetensors.index.json"]:
+        if stale not in written:
+            stale.unlink(missing_ok=True)
     if len(shards) == 1:
         shards[0][0].rename(out_dir / "model.safetensors")
     else:  # the names from_pretrained expects, known once the count is

@@ -79,3 +79,13 @@ def test_hf_files_are_written_as_they_come_in_bounded_shards(prepared, tmp_path)
     ids = torch.randint(0, 2048, (1, 16))
     assert torch.equal(loaded(ids).logits, model(ids).logits)
     assert produced == list(model.state_dict())
+    # exporting again into the same dir replaces the earlier files: a single-file export after a
+    # sharded one leaves no stale shards or index, and a sharded one after it no model.safetensors
+    # (from_pretrained would load that one first)
+    torch.manual_seed(1)
+    other = build_model(hf_config(SIZES["llama-nano"], 2048, {}))
+    checkpoint.write_hf_files(other.state_dict().items(), other.config, tokenizer, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("model*")) == ["model.safetensors"]
+    checkpoint.write_hf_files(model.state_dict().items(), model.config, tokenizer, tmp_path, max_shard_bytes=600_000)
+    assert not (tmp_path / "model.safetensors").exists()
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path)(ids).logits, model(ids).logits)
