@@ -232,6 +232,9 @@ class FrozenDonor(nn.Module):
             self.register_buffer(_attr(key), value.float().clone(), persistent=False)
         self._casts: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
+    def __contains__(self, key: str) -> bool:
+        return hasattr(self, _attr(key))
+
     def get(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         fp32 = getattr(self, _attr(key))
         if dtype == fp32.dtype:
@@ -426,7 +429,7 @@ class GrowthOperator(nn.Module):
 
     def global_keys(self) -> list[str]:
         return [k for k in ("embed", "pos", "final_norm.weight", "final_norm.bias", "head")
-                if hasattr(self.globals, _attr(k))]
+                if k in self.globals.donor]
 
     @torch.no_grad()
     def materialize(self):
