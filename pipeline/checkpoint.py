@@ -181,16 +181,34 @@ def _load_partition(stored, param, name: str, hf_dir: Path) -> None:
     shape = tuple(stored.get_shape())
     if shape != tuple(param.ds_shape):
         raise ConfigError(f"{hf_dir}: {name} has shape {shape}, the model expects {tuple(param.ds_shape)}")
-    local = param.ds_tensor  # this rank's flat slice [rank * size, (rank + 1) * size) of the flattened tensor
+    with torch.no_grad():
+        param.ds_tensor.data.copy_(read_partition(stored, param).to(param.ds_tensor.dtype))
+
+
+def read_partition(stored, param) -> torch.Tensor:
+    """This rank's flat slice [rank * size, (rank + 1) * size) of a ZeRO-3 parameter, read from a
+    safetensors slice of the whole tensor (whole rows around it), zero-padded to the partition's size."""
+    local = torch.zeros(param.ds_tensor.numel(), dtype=_TORCH_DTYPES[stored.get_dtype()])
     start = dist.get_rank(group=param.ds_process_group) * local.numel()
     end = min(start + local.numel(), param.ds_numel)
     if start >= end:
-        return  # padding only
+        return local  # padding only
+    shape = tuple(stored.get_shape())
     row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
     first, last = start // row, -(-end // row)
-    values = stored[first:last].reshape(-1)[start - first * row:end - first * row]
-    with torch.no_grad():
-        local.data[:end - start].copy_(values)
+    local[:end - start] = stored[first:last].reshape(-1)[start - first * row:end - first * row]
+    return local
+
+
+_TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "BOOL": torch.bool,
+                 "F64": torch.float64, "U8": torch.uint8}
+
+
+def load_partitions(params: dict[str, torch.nn.Parameter], path: Path) -> dict[str, torch.Tensor]:
+    """Each rank's partition slice (read_partition) of the tensors in one safetensors file that name
+    ZeRO-3 parameters in `params`, e.g. a pruning mask: never the whole tensor."""
+    with safe_open(path, framework="pt") as f:
+        return {name: read_partition(f.get_slice(name), params[name]) for name in f.keys()}
 
 
 def _safetensors_names(path: Path) -> list[str]:

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.lottery import CONTROLS, DEFAULT_INCLUDE, MODES, STRATEGIES
 from pipeline.growth.schemes import (DEPTH_COEFFICIENTS, DEPTH_SCHEMES, NEW_LAYER_PLACEMENTS, RECOMPUTE_MODES,
                                      WIDTH_SCHEMES)
 from pipeline.models.sizes import resolve_shape
@@ -179,6 +181,38 @@ class GrowConfig:
 
 
 @dataclass
+class PruneConfig:
+    sparsities: str = "0.2,0.5,0.8"
+    """Comma-separated, increasing: the fraction of the prunable weights pruned in round 1, 2, ... The
+    classic 20%-per-round IMP is 0.2,0.36,0.488,0.59,0.672,0.738,0.79."""
+    mode: str = "iterative"
+    """iterative (IMP: round r prunes round r-1's trained ticket, among its survivors) | one_shot (every
+    round prunes the trained dense model)."""
+    strategy: str = "global"
+    """global (one magnitude threshold over all prunable weights) | layerwise (every prunable tensor
+    pruned to the same fraction)."""
+    rewind_step: typing.Optional[int] = None
+    """Step whose weights the survivors are reset to, and from which each round replays the LR schedule
+    and data order. 0: the start weights (the original LTH; with train.init_from, e.g. a grown model,
+    those weights). Unset: 5% of train.steps, rounded."""
+    include: str = DEFAULT_INCLUDE
+    """Regular expression (re.search) of the prunable parameters; only matrices are pruned. Default:
+    the attention and MLP matrices of the blocks (embeddings, head, norms and biases are kept)."""
+    exclude: str = ""
+    """Regular expression of parameters kept dense although `include` matches (e.g. "layers\\.0\\.")."""
+    controls: str = "random_prune,random_reinit"
+    """Comma-separated controls trained beside each round's ticket with the same steps: random_prune (the
+    ticket's per-tensor counts at random positions, from the rewind weights) | random_reinit (the
+    ticket's mask on a new random init, seed train.seed + 1). Empty: tickets only."""
+
+    def levels(self) -> list[float]:
+        return [float(s) for s in self.sparsities.split(",") if s.strip()]
+
+    def control_names(self) -> list[str]:
+        return [c.strip() for c in self.controls.split(",") if c.strip()]
+
+
+@dataclass
 class BenchConfig:
     donor_size: str = "llama-nano"
     """Growth benchmark: named size of the donor it pretrains (the `model` section is the target)."""
@@ -200,6 +234,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     grow: GrowConfig = field(default_factory=GrowConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     def to_dict(self) -> dict:
@@ -288,6 +323,8 @@ def _coerce(value, annotation, where: str):
             return float(value)
         except ValueError:
             pass
+    if annotation is str and type(value) in (int, float):  # e.g. prune.sparsities=0.5: a one-item list
+        return str(value)
     if annotation in (int, float, str, bool) and type(value) is annotation:
         return value
     raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r} ({type(value).__name__})")
@@ -383,6 +420,7 @@ def validate(config: Config) -> None:
         raise ConfigError("train.grad_clip and train.weight_decay must be >= 0")
     if config.model.init_std is not None and config.model.init_std <= 0:
         raise ConfigError(f"model.init_std must be positive or unset, got {config.model.init_std}")
+    validate_prune(config.prune, t.steps)
     if config.bench.donor_steps <= 0:
         raise ConfigError(f"bench.donor_steps must be positive, got {config.bench.donor_steps}")
     shape = resolve_shape(config.model)
@@ -392,6 +430,28 @@ def validate(config: Config) -> None:
     if t.global_batch_size is not None and t.global_batch_size % (t.micro_batch_size * t.grad_accum_steps):
         raise ConfigError(batch_triad_message(t, world_size=None))
     load_deepspeed_json(t.deepspeed_config)
+
+
+def validate_prune(p: PruneConfig, train_steps: int) -> None:
+    try:
+        levels = p.levels()
+    except ValueError:
+        raise ConfigError(f"prune.sparsities must be comma-separated numbers, got {p.sparsities!r}") from None
+    if not levels or any(not 0 < s < 1 for s in levels) or levels != sorted(set(levels)):
+        raise ConfigError(f"prune.sparsities must be increasing fractions in (0, 1), got {p.sparsities!r}")
+    for name, allowed in (("mode", MODES), ("strategy", STRATEGIES)):
+        if getattr(p, name) not in allowed:
+            raise ConfigError(f"prune.{name} must be one of {allowed}, got {getattr(p, name)!r}")
+    unknown = [c for c in p.control_names() if c not in CONTROLS]
+    if unknown:
+        raise ConfigError(f"prune.controls: unknown {unknown}; choose from {CONTROLS} (comma-separated) or leave empty")
+    if p.rewind_step is not None and not 0 <= p.rewind_step < train_steps:
+        raise ConfigError(f"prune.rewind_step={p.rewind_step} must be in [0, train.steps={train_steps})")
+    for name in ("include", "exclude"):
+        try:
+            re.compile(getattr(p, name))
+        except re.error as err:
+            raise ConfigError(f"prune.{name} is not a regular expression ({err}): {getattr(p, name)!r}") from None
 
 
 def batch_triad_message(t: TrainConfig, world_size: int | None) -> str:

@@ -187,20 +187,56 @@ def skip_next_update(engine, skip: bool) -> None:
     engine.client_optimizer.skip_next_update = skip
 
 
-def build_engine(model: torch.nn.Module, train: TrainConfig, ds: dict, groups: list[dict] | None = None):
+def build_engine(model: torch.nn.Module, train: TrainConfig, ds: dict, groups: list[dict] | None = None,
+                 first_step: int = 0):
     """DeepSpeed engine around ``model`` with torch AdamW (no JIT-built op on CPU) and the LR schedule.
     `groups`: the optimizer's parameter groups (a group's own "lr" is its peak), default
-    parameter_groups().
+    parameter_groups(). `first_step`: the run starts there, its schedule replayed from that step.
 
     The scheduler is handed to DeepSpeed so it is stepped with the optimizer and saved/restored in
     every checkpoint (a scheduler kept outside restarts from step 0 on resume)."""
     groups = parameter_groups(model, train.weight_decay) if groups is None else groups
     optimizer = AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train))
+    schedule = warmup_cosine(train)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step + first_step))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
     if engine.zero_optimization_stage() == 3:
         _register_shared_parameters(engine.module)
     return engine
+
+
+class WeightMasks:
+    """Keeps masked-out (pruned) weights exactly zero while DeepSpeed trains: ZeRO 0-3, any precision.
+
+    Built before the engine: it zeroes the pruned weights in the module, from which the optimizer's
+    fp32 masters are copied. Then the pruned weights' gradients are zeroed before every update, so
+    AdamW's moments stay zero, its update is zero and decoupled weight decay keeps zero at zero.
+    Zeroing the module's weights alone would be undone: the optimizer updates its own fp32 masters
+    and copies them back.
+
+    ZeRO 0-2: a hook on each masked parameter multiplies its gradient before DeepSpeed reduces it (the
+    mask is whole on every rank, as the parameter is). ZeRO-3: `masks` hold each rank's slice matching
+    its partition (checkpoint.load_partitions), never a whole mask, and `before_update` masks the
+    rank's partition of the reduced fp32 gradient after a step's last backward."""
+
+    def __init__(self, model: torch.nn.Module, masks: dict[str, torch.Tensor]):
+        params = dict(model.named_parameters())
+        self.partitioned = any(hasattr(p, "ds_tensor") for p in params.values())
+        self.masked = []
+        with torch.no_grad():
+            for name, mask in masks.items():
+                param = params[name]
+                weights = param.ds_tensor if self.partitioned else param
+                mask = mask.to(weights.device).view(weights.shape)
+                weights.data.mul_(mask)
+                self.masked.append((param, mask))
+                if not self.partitioned:
+                    param.register_hook(lambda grad, mask=mask: grad * mask)
+
+    def before_update(self) -> None:
+        if self.partitioned:
+            for param, mask in self.masked:
+                deepspeed.utils.safe_set_local_grad(param, deepspeed.utils.safe_get_local_grad(param) * mask)
 
 
 def set_master_weights(engine, values) -> None:

@@ -45,7 +45,7 @@ from pipeline.growth.operator import (GrowthOperator, GrowthPlan, OperatorInit, 
 from pipeline.metrics import read_metrics
 from pipeline.models.hf import shape_of
 from pipeline.models.sizes import resolve_shape
-from pipeline.train import Trainer, TrainingHalted, stage_flags
+from pipeline.train import PretrainStage, Trainer, TrainingHalted, stage_flags
 
 
 def read_donor(path: str):
@@ -61,7 +61,9 @@ def read_donor(path: str):
     return config, adapter, shards
 
 
-class GrowStage:
+class GrowStage(PretrainStage):
+    """The train stage's loop with the growth operator as the trained model (first_step, at_step and
+    before_update stay the train stage's no-ops)."""
     name = "grow"
     unread_sections = ("bench",)
 
@@ -119,7 +121,7 @@ class GrowStage:
         # can preserve the donor's function.
         return GrownModel(operator, grown_config(self.donor_config, self.plan, self.adapter), self.recompute)
 
-    def build_engine(self, model: GrownModel, train: TrainConfig, ds: dict):
+    def build_engine(self, model: GrownModel, train: TrainConfig, ds: dict, first_step: int = 0):
         """The operator's optimizer: each parameter's peak LR is grow.lr divided by its fan-in (see
         GrowthOperator.fan_in), so one step changes the generated weights by about the same relative
         amount at any size. Under bf16 the fp32 master weights get the exact initial values."""
@@ -130,7 +132,7 @@ class GrowStage:
                 matrix = len(getattr(param, "ds_shape", param.shape)) >= 2
                 groups.setdefault((fan_in, train.weight_decay if matrix else 0.0), []).append(param)
         engine = build_engine(model, train, ds, [{"params": params, "lr": train.lr / fan_in, "weight_decay": decay}
-                                                 for (fan_in, decay), params in sorted(groups.items())])
+                                                 for (fan_in, decay), params in sorted(groups.items())], first_step)
         if ds.get("bf16", {}).get("enabled"):
             set_master_weights(engine, ((f"operator.{name}", value)
                                         for name, value in operator_init(self.plan, self.adapter).named_values()))

@@ -62,6 +62,18 @@ class PretrainStage:
     def schedule(self, config: Config) -> TrainConfig:
         return config.train
 
+    def first_step(self, config: Config) -> int:
+        """Where a fresh run starts: its LR schedule and data order are replayed from this step (the
+        prune stage's rounds start at the rewind step)."""
+        return 0
+
+    def at_step(self, trainer: "Trainer", step: int) -> None:
+        """Called on every rank where a run starts (fresh or resumed) and after each step, before that
+        step's checkpoint: the prune stage saves weights here."""
+
+    def before_update(self, engine) -> None:
+        """Called on every rank after a step's last backward, before the optimizer update."""
+
     def build_model(self, config: Config, target_config, ds: dict) -> torch.nn.Module:
         init_from = config.train.init_from
         model_config = target_config if init_from is None else checkpoint_config(init_from)
@@ -81,8 +93,8 @@ class PretrainStage:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
 
-    def build_engine(self, model: torch.nn.Module, train: TrainConfig, ds: dict):
-        return build_engine(model, train, ds)
+    def build_engine(self, model: torch.nn.Module, train: TrainConfig, ds: dict, first_step: int = 0):
+        return build_engine(model, train, ds, first_step=first_step)
 
     def reference_losses(self, trainer: "Trainer") -> dict:
         """Losses of other models on the validation batches, logged beside the step-0 val/loss."""
@@ -161,7 +173,8 @@ class Trainer:
 
         seed_everything(t.seed)  # the same initial weights for the same seed, whatever ran before
         model = self.stage.build_model(config, self.target_config, ds)
-        self.engine = self.stage.build_engine(model, t, ds)
+        first_step = self.stage.first_step(config)
+        self.engine = self.stage.build_engine(model, t, ds, first_step)
         self.dtype = training_dtype(ds)
         with all_ranks_agree("the disk-space check"):
             if self.rank == 0:
@@ -177,14 +190,14 @@ class Trainer:
             self.stage.hardware_flops_per_token(config, vocab_size), peak_tflops, t.throughput_warmup_steps)
 
         self.train_seconds = 0.0  # wall time of training steps so far (not validation or saving), over resumes
-        self.progress = self._progress(0)
+        self.progress = self._progress(first_step)
         if self.resume_from is not None:
             decays = param_group_decays(self.engine)
             self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank, self.universal)
             self.train_seconds = self.progress.get("train_seconds", 0.0)
             if self.universal:
                 restore_param_group_settings(self.engine, decays)
-        self.metrics = MetricsLogger(self.run_dir, self.rank == 0, self.progress["step"])
+        self.metrics = MetricsLogger(self.run_dir, self.rank == 0, 0 if self.resume_from is None else self.progress["step"])
         self.stop = StopRequest(t.preemption_grace_s)
         self.skipped_in_a_row = 0
 
@@ -215,6 +228,7 @@ class Trainer:
                 mean_loss, nonfinite, stop = all_reduce_mean(
                     [local_loss, float(not math.isfinite(local_loss)), float(self.stop.requested)])
                 skip_next_update(self.engine, nonfinite > 0)
+                self.stage.before_update(self.engine)
             self.engine.step()  # DeepSpeed applies the update only at the accumulation boundary
         return StepResult(mean_loss, nonfinite > 0, stop > 0, data_seconds)
 
@@ -229,8 +243,9 @@ class Trainer:
     def fit(self) -> None:
         t = self.schedule
         step = self.progress["step"]
-        if step == 0:
-            self.log(0, {"val/loss": self.validate(), **self.stage.reference_losses(self)})
+        if self.resume_from is None:
+            self.log(step, {"val/loss": self.validate(), **self.stage.reference_losses(self)})
+        self.stage.at_step(self, step)
         while step < self.until_step:
             lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside it)
             step_start = time.perf_counter()
@@ -253,6 +268,7 @@ class Trainer:
             if step % t.eval_interval == 0 or step == t.steps:
                 scalars["val/loss"] = self.validate()
             self.log(step, scalars)
+            self.stage.at_step(self, step)
             too_many_skipped = self.skipped_in_a_row > t.max_skipped_steps
             if step % t.checkpoint_interval == 0 or step == self.until_step or result.stop or too_many_skipped:
                 checkpoint.save(self.engine, self.checkpoint_dir, self.progress, self.rank, t.keep_checkpoints,
@@ -291,15 +307,16 @@ class Trainer:
 CONSOLE_PERF = ("perf/tokens_per_s", "perf/step_time_s", "perf/mfu", "perf/peak_memory_gb")  # the rest: TensorBoard
 
 
-def stage_flags(parser) -> None:
+def stage_flags(parser, until_step: bool = True) -> None:
     parser.add_argument("--resume", choices=["auto", "force"], default=None,
                         help="continue from the newest checkpoint in <run.dir>/checkpoints (fresh start if none); "
                              "'force' accepts a changed config (pipeline/resume.py)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in a run.dir that holds one (its checkpoints and logs are removed)")
-    parser.add_argument("--until-step", dest="until_step", type=int, default=None,
-                        help="stop after this step with a checkpoint (time-limited jobs); the LR schedule still "
-                             "spans train.steps")
+    if until_step:
+        parser.add_argument("--until-step", dest="until_step", type=int, default=None,
+                            help="stop after this step with a checkpoint (time-limited jobs); the LR schedule "
+                                 "still spans train.steps")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,13 +29,9 @@ pipeline/bench/growth_report.py. Re-running the same command reuses finished sta
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
-import os
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -44,10 +40,10 @@ from pathlib import Path
 import yaml
 
 from pipeline.bench.growth_report import Curve, crossing, markdown_table, plot_curves, seed_result, summarize
+from pipeline.bench.jobs import run_stage_job, seeded_bench_arguments
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.data.packing import read_meta
 from pipeline.data.tokenizer import load_tokenizer
-from pipeline.engine import free_port
 from pipeline.flops import training_flops_per_token
 from pipeline.grow import GrowStage
 from pipeline.growth.schemes import DEPTH_SCHEMES, WIDTH_SCHEMES
@@ -144,26 +140,11 @@ class Bench:
         if not self.overwrite and self._finished(run_dir, config, stage.unread_sections):
             print(f"[bench] {run_dir}: finished earlier, reused", flush=True)
             return read_metrics(run_dir)
-        args = ["--module", f"pipeline.{module}", "--config", self.recipe,
-                *(["--overwrite"] if self.overwrite else ["--resume", "auto"]), *overrides]
-        if self.ranks == 1:
-            cmd = [sys.executable, "-m", *args[1:]]
-        else:
-            launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
-            cmd = [launcher, "--num_gpus", str(self.ranks), "--master_port", str(free_port()), *args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.ranks)))
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
         log = run_dir.parent / f"{run_dir.name}.log"
         started = time.time()
         print(f"[bench] {module} -> {run_dir} (log: {log})", flush=True)
-        with log.open("w") as f:
-            f.write(shlex.join(cmd) + "\n")
-            f.flush()
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-        if code != 0:
-            tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-            raise SystemExit(f"[bench] {module} failed (exit {code}) for {run_dir}; last lines of {log}:\n{tail}")
+        run_stage_job(module, ["--config", self.recipe, *(["--overwrite"] if self.overwrite else ["--resume", "auto"]),
+                               *overrides], self.ranks, log)
         records = read_metrics(run_dir)
         last = [r for r in records if "val/loss" in r][-1]
         print(f"[bench]   done in {time.time() - started:.0f} s: step {last['step']}, val loss {last['val/loss']:.4f}",
@@ -315,20 +296,12 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench growth", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="bench-growth", help="recipe name or YAML path")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1; 3 for reporting)")
-    parser.add_argument("--out", default="runs/bench/growth", help="benchmark directory")
-    parser.add_argument("--ranks", type=int, default=1,
-                        help="processes per stage: 1 runs `python -m`, more the `deepspeed` launcher")
-    parser.add_argument("--overwrite", action="store_true", help="retrain every stage instead of reusing finished ones")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = seeded_bench_arguments(
+        "growth", __doc__, "bench-growth", 1, argv,
+        lambda parser: parser.add_argument("--overwrite", action="store_true",
+                                           help="retrain every stage instead of reusing finished ones"))
     try:
-        if args.seeds < 1 or args.ranks < 1:
-            raise ConfigError(f"--seeds and --ranks must be >= 1 (got {args.seeds}, {args.ranks})")
-        bench = Bench(args.config, overrides, Path(args.out), args.ranks, args.overwrite)
-        bench.run(args.seeds)
+        Bench(args.config, overrides, Path(args.out), args.ranks, args.overwrite).run(args.seeds)
     except ConfigError as err:
         sys.exit(f"bench error: {err}")
 

@@ -1,0 +1,184 @@
+"""Prune stage: lottery tickets by iterative magnitude pruning with rewinding (Frankle & Carbin, ICLR
+2019; rewinding to an early step: Frankle et al., arXiv 1903.01611) for the pipeline's LMs, ZeRO 0-3.
+
+    deepspeed --num_gpus 2 --master_port 29514 --module pipeline.prune --config tiny run.dir=runs/tiny/prune
+    # tickets in a grown model: rewinding to step 0 resets to the grown weights (the BERT-ticket setting)
+    deepspeed --num_gpus 2 --master_port 29514 --module pipeline.prune --config tiny \\
+        train.init_from=runs/tiny/grow/hf prune.rewind_step=0 run.dir=runs/tiny/prune-grown
+    # after an interruption: finished rounds are skipped, the interrupted one resumes from its checkpoint
+    deepspeed --num_gpus 2 --master_port 29514 --module pipeline.prune --config tiny run.dir=runs/tiny/prune --resume auto
+
+The dense round trains the model (a random init with train.seed, or train.init_from) for train.steps and
+keeps its weights at prune.rewind_step. Round r then prunes the prunable weights by magnitude to the
+r-th of prune.sparsities (iterative: from round r-1's trained ticket, among its survivors; one_shot:
+from the trained dense model), resets the survivors to the rewind weights, and trains them from the
+rewind step to train.steps with the mask fixed: a fresh optimizer, the LR schedule and the data order
+replayed from the rewind step (as open_lth). Beside each ticket, with the same steps, the controls:
+random_prune (the ticket's per-tensor counts at random positions, rewind weights) and random_reinit
+(the ticket's mask on a new random init). Pruned weights are exactly zero in every forward and in the
+fp32 master weights (engine.WeightMasks).
+
+Outputs in <run>: dense/ and round<r>-<arm>/ (train run dirs: metrics, TensorBoard, checkpoints, hf/ =
+final weights, start/ = start weights x mask), rewind/ (HF weights at the rewind step), masks/
+(round<r>-<arm>.safetensors + .json manifest: densities, strategy, source hash, config hash),
+summary.json, summary.md and loss_vs_sparsity.png (pipeline/lottery/report.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+from pipeline import checkpoint
+from pipeline.config import Config, ConfigError, parse_stage_args
+from pipeline.engine import WeightMasks, all_reduce_max, end_stage_process, init_distributed, zero_stage
+from pipeline.lottery.masks import (HFWeights, full_masks, load_masks, magnitude_masks, manifest_path,
+                                    prunable_names, random_masks_like, save_masks)
+from pipeline.lottery.report import write_summary
+from pipeline.preflight import all_ranks_agree
+from pipeline.train import PretrainStage, Trainer, TrainingHalted, stage_flags
+
+
+def hf_complete(hf_dir: Path) -> bool:
+    """Every rank agrees: config.json is written after the weights (checkpoint.write_hf_files)."""
+    return all_reduce_max([float(not (hf_dir / "config.json").exists())])[0] == 0
+
+
+class SavesWeightsAt(PretrainStage):
+    """Writes the weights at one step as an HF dir (collective), once."""
+
+    def __init__(self, step: int, out_dir: Path):
+        self.save_step, self.out_dir = step, out_dir
+
+    def at_step(self, trainer: Trainer, step: int) -> None:
+        if step == self.save_step and not hf_complete(self.out_dir):
+            checkpoint.save_hf_model(trainer.engine, trainer.engine.module.config, trainer.tokenizer, self.out_dir,
+                                     trainer.rank)
+
+
+class MaskedStage(SavesWeightsAt):
+    """A round: starts at the rewind step from its start weights with a fixed mask; keeps the masked
+    start weights (<round>/start)."""
+
+    def __init__(self, rewind_step: int, run_dir: Path, mask_path: Path):
+        super().__init__(rewind_step, run_dir / "start")
+        self.mask_path = mask_path
+
+    def first_step(self, config: Config) -> int:
+        return self.save_step
+
+    def build_model(self, config: Config, target_config, ds: dict):
+        model = super().build_model(config, target_config, ds)
+        # under ZeRO-3 each rank reads only the slices of the masks that match its partitions
+        masks = (checkpoint.load_partitions(dict(model.named_parameters()), self.mask_path) if zero_stage(ds) == 3
+                 else load_masks(self.mask_path))
+        self.masks = WeightMasks(model, masks)
+        return model
+
+    def before_update(self, engine) -> None:
+        self.masks.before_update()
+
+
+class LotteryRun:
+    def __init__(self, config: Config, resume: str | None, overwrite: bool):
+        self.config, self.resume, self.overwrite = config, resume, overwrite
+        self.run_dir = Path(config.run.dir)
+        p, t = config.prune, config.train
+        self.rewind_step = round(0.05 * t.steps) if p.rewind_step is None else p.rewind_step
+        self.rank, self.world_size = init_distributed()
+        self.config_sha256 = hashlib.sha256(config.to_yaml().encode()).hexdigest()
+        self.rounds: list[dict] = []
+
+    def run(self) -> None:
+        p = self.config.prune
+        with all_ranks_agree("preparing the prune run dir"):
+            if self.rank == 0:
+                self._prepare_run_dir()
+        dense_dir = self.train_round("dense", 0, "dense", SavesWeightsAt(self.rewind_step, self.run_dir / "rewind"),
+                                     self.config.train.init_from, self.config.train.seed)
+        if not hf_complete(self.run_dir / "rewind"):
+            raise ConfigError(f"{self.run_dir}/rewind (the weights at step {self.rewind_step}) is missing although "
+                              f"the dense round finished: start the prune run again with --overwrite")
+        weights = HFWeights(dense_dir / "hf")
+        names = prunable_names(weights.shapes, p.include, p.exclude)
+        previous = full_masks(weights.shapes, names)
+        for level, sparsity in enumerate(self.config.prune.levels(), 1):
+            ticket_path = self.run_dir / "masks" / f"round{level}-ticket.safetensors"
+            with all_ranks_agree(f"computing the round {level} masks"):
+                if self.rank == 0 and not manifest_path(ticket_path).exists():
+                    self._write_masks(level, sparsity, weights, previous)
+            for arm in ("ticket", *p.control_names()):
+                mask_path = self.run_dir / "masks" / f"round{level}-{arm}.safetensors"
+                name = f"round{level}-{arm}"
+                reinit = arm == "random_reinit"
+                round_dir = self.train_round(
+                    name, level, arm, MaskedStage(self.rewind_step, self.run_dir / name, mask_path),
+                    None if reinit else str(self.run_dir / "rewind"), self.config.train.seed + int(reinit))
+                if arm == "ticket" and p.mode == "iterative":
+                    weights, previous = HFWeights(round_dir / "hf"), load_masks(ticket_path)
+        if self.rank == 0:
+            write_summary(self.run_dir, self.rounds, self.config)
+
+    def _prepare_run_dir(self) -> None:
+        if self.overwrite:  # the rounds' own dirs are cleared by their Trainer (--overwrite)
+            for name in ("masks", "rewind"):
+                shutil.rmtree(self.run_dir / name, ignore_errors=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run_dir / "config.yaml")
+
+    def _write_masks(self, level: int, sparsity: float, weights: HFWeights, previous: dict) -> None:
+        p = self.config.prune
+        ticket = magnitude_masks(weights.get, previous, sparsity, p.strategy)
+        manifest = {"round": level, "target_sparsity": sparsity, "mode": p.mode, "strategy": p.strategy,
+                    "rewind_step": self.rewind_step, "source": str(weights.dir),
+                    "source_sha256": _files_sha256(weights), "config_sha256": self.config_sha256}
+        masks = self.run_dir / "masks"
+        save_masks(masks / f"round{level}-ticket.safetensors", ticket, {**manifest, "arm": "ticket"})
+        for arm in p.control_names():
+            control = random_masks_like(ticket, seed=self.config.train.seed + level) if arm == "random_prune" else ticket
+            save_masks(masks / f"round{level}-{arm}.safetensors", control, {**manifest, "arm": arm})
+
+    def train_round(self, name: str, level: int, arm: str, stage: PretrainStage, init_from: str | None,
+                    seed: int) -> Path:
+        round_dir = self.run_dir / name
+        self.rounds.append({"name": name, "round": level, "arm": arm, "dir": str(round_dir)})
+        if self.resume is not None and hf_complete(round_dir / "hf"):
+            if self.rank == 0:
+                print(f"[prune] {name}: finished earlier, skipped", flush=True)
+            return round_dir
+        if self.rank == 0:
+            print(f"[prune] {name}: training", flush=True)
+        t = self.config.train
+        config = dataclasses.replace(self.config, run=dataclasses.replace(self.config.run, dir=str(round_dir)),
+                                     train=dataclasses.replace(t, init_from=init_from, seed=seed, save_hf=True))
+        stage.name = f"prune {name}"
+        Trainer(config, self.resume, stage=stage, overwrite=self.overwrite).fit()
+        gc.collect()  # the round's engine and model go before the next round builds its own
+        return round_dir
+
+
+def _files_sha256(weights: HFWeights) -> str:
+    digest = hashlib.sha256()
+    for filename in sorted(set(weights.files.values())):
+        with open(weights.dir / filename, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, args = parse_stage_args("Find lottery tickets by iterative magnitude pruning with rewinding.", argv,
+                                    lambda parser: stage_flags(parser, until_step=False))
+    try:
+        LotteryRun(config, args.resume, args.overwrite).run()
+    except (ConfigError, TrainingHalted) as err:
+        sys.exit(f"prune error: {err}")
+    end_stage_process()
+
+
+if __name__ == "__main__":
+    main()
