@@ -149,17 +149,23 @@ def test_prune_stage_under_zero3_keeps_pruned_weights_zero_and_resume_skips_roun
 
 
 @pytest.mark.distributed
-def test_prune_stage_under_zero2_gpt2_keeps_pruned_weights_zero(prepared, tmp_path):
+def test_one_shot_layerwise_prune_under_zero2_gpt2_keeps_pruned_weights_zero(prepared, tmp_path):
     root, _, _ = prepared
     run = tmp_path / "prune"
-    prune(run, root, "train.deepspeed_config=zero2", "model.size=gpt2-nano", "prune.sparsities=0.5",
-          "prune.controls=", "prune.strategy=layerwise")
-    mask, final = load_file(run / "masks" / "round1-ticket.safetensors"), weights_of(run / "round1-ticket" / "hf")
-    assert {k.split(".")[-2] for k in mask} == {"c_attn", "c_proj", "c_fc"}
-    for key, kept in mask.items():
-        assert int((~kept).sum()) == round(0.5 * kept.numel())
-        assert bool((final[key][~kept] == 0).all()) and bool((final[key][kept] != 0).all())
-
+    prune(run, root, "train.deepspeed_config=zero2", "model.size=gpt2-nano", "prune.sparsities=0.3,0.6",
+          "prune.controls=", "prune.strategy=layerwise", "prune.mode=one_shot")
+    dense = weights_of(run / "dense" / "hf")
+    for level, sparsity in ((1, 0.3), (2, 0.6)):
+        mask = load_file(run / "masks" / f"round{level}-ticket.safetensors")
+        manifest = json.loads((run / "masks" / f"round{level}-ticket.json").read_text())
+        assert manifest["source"] == str(run / "dense" / "hf") and manifest["strategy"] == "layerwise"
+        final = weights_of(run / f"round{level}-ticket" / "hf")
+        assert {k.split(".")[-2] for k in mask} == {"c_attn", "c_proj", "c_fc"}
+        for key, kept in mask.items():
+            assert int((~kept).sum()) == round(sparsity * kept.numel())
+            # one-shot: the dense model's smallest weights in each tensor
+            assert dense[key][~kept].abs().max() <= dense[key][kept].abs().min()
+            assert bool((final[key][~kept] == 0).all()) and bool((final[key][kept] != 0).all())
 
 def test_lottery_benchmark_aggregates_seeds_and_judges_matching():
     from pipeline.bench.lottery import aggregate
@@ -179,3 +185,17 @@ def test_lottery_benchmark_aggregates_seeds_and_judges_matching():
     assert control["delta_vs_dense"] == pytest.approx(0.15)
     worse = aggregate([seed(3.0, 3.4, 3.2), seed(3.0, 3.4, 3.3)])[1]  # no seed spread: must not exceed dense
     assert not worse["matches_dense"] and not worse["below_every_control"]
+
+
+@pytest.mark.distributed
+def test_prune_under_zero3_bf16_keeps_pruned_weights_zero(prepared, tmp_path):
+    root, _, _ = prepared
+    run = tmp_path / "prune"
+    prune(run, root, "train.deepspeed_config=zero3_bf16", "prune.sparsities=0.5", "prune.controls=")
+    rewind, mask = weights_of(run / "rewind"), load_file(run / "masks" / "round1-ticket.safetensors")
+    start, final = weights_of(run / "round1-ticket" / "start"), weights_of(run / "round1-ticket" / "hf")
+    for key, kept in mask.items():
+        # the bf16 model is built from the fp32 rewind weights, and its fp32 masters from the bf16 values
+        assert torch.equal(start[key], rewind[key].bfloat16().float() * kept), key
+        assert bool((final[key][~kept] == 0).all()), key
+        assert float((final[key] != start[key])[kept].float().mean()) > 0.9
