@@ -200,10 +200,12 @@ class PruneConfig:
     the attention and MLP matrices of the blocks (embeddings, head, norms and biases are kept)."""
     exclude: str = ""
     """Regular expression of parameters kept dense although `include` matches (e.g. "layers\\.0\\.")."""
-    controls: str = "random_prune,random_reinit"
-    """Comma-separated controls trained beside each round's ticket with the same steps: random_prune (the
-    ticket's per-tensor counts at random positions, from the rewind weights) | random_reinit (the
-    ticket's mask on a new random init, seed train.seed + 1). Empty: tickets only."""
+    controls: str = "dense_rewound,random_prune,random_reinit"
+    """Comma-separated controls, trained with the rounds' steps: dense_rewound (once: the unpruned model
+    retrained from the rewind weights as the rounds are, the protocol-matched dense reference) |
+    random_prune (each round: the ticket's per-tensor counts at random positions, from the rewind
+    weights) | random_reinit (each round: the ticket's mask on a new random init, seed train.seed + 1).
+    Empty: tickets only."""
 
     def levels(self) -> list[float]:
         return [float(s) for s in self.sparsities.split(",") if s.strip()]

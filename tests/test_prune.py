@@ -139,13 +139,16 @@ def test_prune_stage_under_zero3_keeps_pruned_weights_zero_and_resume_skips_roun
             assert float((final[key] != start[key])[kept].float().mean()) > 0.9  # the survivors trained
         if "random_reinit" not in name:  # tensors outside the mask are not touched by it
             assert torch.equal(start["model.embed_tokens.weight"], rewind["model.embed_tokens.weight"])
+    # the protocol-matched dense reference: the rewind weights, unpruned, trained from the rewind step
+    dense_rewound = weights_of(run / "dense_rewound" / "start")
+    assert all(torch.equal(dense_rewound[k], rewind[k]) for k in rewind)
     summary = json.loads((run / "summary.json").read_text())
-    assert [(r["round"], r["arm"]) for r in summary] == [(0, "dense")] + [
+    assert [(r["round"], r["arm"]) for r in summary] == [(0, "dense"), (0, "dense_rewound")] + [
         (r, arm) for r in (1, 2) for arm in ("ticket", "random_prune", "random_reinit")]
     assert (run / "loss_vs_sparsity.png").stat().st_size > 0
     # a re-run trains nothing: every round is finished
     again = prune(run, root, "train.deepspeed_config=zero3", "prune.sparsities=0.3,0.6", flags=["--resume", "auto"])
-    assert again.stdout.count("finished earlier, skipped") == 7 and ": training" not in again.stdout
+    assert again.stdout.count("finished earlier, skipped") == 8 and ": training" not in again.stdout
 
 
 @pytest.mark.distributed
@@ -182,6 +185,7 @@ def test_lottery_benchmark_aggregates_seeds_and_judges_matching():
     dense, ticket, control = rows
     assert dense["val_loss_final"] == pytest.approx(3.1) and dense["val_loss_sd"] == pytest.approx(0.1414, abs=1e-4)
     assert ticket["val_loss_final"] == pytest.approx(3.1) and ticket["matches_dense"] and ticket["below_every_control"]
+    assert "matches_dense_rewound" not in ticket  # that reference was not trained
     assert control["delta_vs_dense"] == pytest.approx(0.15)
     worse = aggregate([seed(3.0, 3.4, 3.2), seed(3.0, 3.4, 3.3)])[1]  # no seed spread: must not exceed dense
     assert not worse["matches_dense"] and not worse["below_every_control"]

@@ -3,10 +3,11 @@
     python -m pipeline.bench lottery --config tiny --seeds 3 model.size=llama-nano    # ~30 min on 2 CPU cores
 
 Runs the prune stage (pipeline/prune.py: dense, then per round the ticket and the random_prune and
-random_reinit controls, all with the same steps) once per seed s, with train.seed and data.order_seed
-of the recipe + s, each seed its own job. Reports per round and arm the final validation loss as mean
-and sd over the seeds, and whether the ticket matches the dense model: its mean at most the dense mean
-plus the dense sd (the seed spread). Outputs in --out: seed<s>/ (prune run dirs) and seed<s>.log,
+random_reinit controls and, once, dense_rewound, all with the same steps) once per seed s, with
+train.seed and data.order_seed of the recipe + s, each seed its own job. Reports per round and arm the
+final validation loss as mean and sd over the seeds, and whether the ticket matches each dense
+reference (dense; dense_rewound, the one trained with the rounds' protocol): its mean at most the
+reference's mean plus its sd (the seed spread). Outputs in --out: seed<s>/ (prune run dirs) and seed<s>.log,
 results.json, results.md, loss_vs_sparsity.png. Re-running the same command reuses finished rounds.
 """
 
@@ -20,11 +21,12 @@ from pathlib import Path
 
 from pipeline.bench.jobs import run_stage_job, seeded_bench_arguments
 from pipeline.config import ConfigError, load_config
-from pipeline.lottery.report import plot_loss_vs_sparsity
+from pipeline.lottery.report import add_deltas, plot_loss_vs_sparsity
 
 
 def aggregate(per_seed: list[list[dict]]) -> list[dict]:
-    """Rows (one per round and arm, in the prune summary's order) with the mean and sd over seeds."""
+    """Rows (one per round and arm, in the prune summary's order) with the mean and sd over seeds and the
+    tickets' verdicts."""
     rows = []
     for entries in zip(*per_seed):
         losses = [e["val_loss_final"] for e in entries]
@@ -34,25 +36,30 @@ def aggregate(per_seed: list[list[dict]]) -> list[dict]:
                      "val_loss_sd": statistics.stdev(losses) if len(losses) > 1 else 0.0, "per_seed": losses,
                      "nonzero_parameters": entries[0]["nonzero_parameters"],
                      "parameters_dense_kernels": entries[0]["parameters_dense_kernels"]})
-    dense = rows[0]
+    add_deltas(rows)
+    references = [r for r in rows if r["round"] == 0]  # dense, and dense_rewound when trained
     for row in rows:
-        row["delta_vs_dense"] = row["val_loss_final"] - dense["val_loss_final"]
         if row["arm"] == "ticket":
-            row["matches_dense"] = row["val_loss_final"] <= dense["val_loss_final"] + dense["val_loss_sd"]
-            controls = [r for r in rows if r["round"] == row["round"] and r["arm"] not in ("ticket", "dense")]
+            for reference in references:  # within the reference's seed spread, or below
+                row[f"matches_{reference['arm']}"] = (row["val_loss_final"]
+                                                      <= reference["val_loss_final"] + reference["val_loss_sd"])
+            controls = [r for r in rows if r["round"] == row["round"] and r["arm"] != "ticket"]
             row["below_every_control"] = all(row["val_loss_final"] < r["val_loss_final"] for r in controls)
     return rows
 
 
 def markdown(rows: list[dict], seeds: int, command: str) -> str:
+    references = [r["arm"] for r in rows if r["round"] == 0]
     lines = [f"Final validation loss, mean ± sd over {seeds} seed(s). Command: `{command}`", "",
-             "| round | arm | sparsity | val loss | vs dense | ticket matches dense | ticket below every control | nonzero params |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| round | arm | sparsity | val loss | " + " | ".join(f"vs {a}" for a in references)
+             + " | ticket matches " + " / ".join(references) + " | ticket below every control | nonzero params |",
+             "|---|---|---|---|" + "---|" * len(references) + "---|---|---|"]
     for r in rows:
-        flags = (f"{'yes' if r['matches_dense'] else 'no'} | {'yes' if r['below_every_control'] else 'no'}"
-                 if r["arm"] == "ticket" else " | ")
+        verdicts = (" / ".join("yes" if r[f"matches_{a}"] else "no" for a in references)
+                    + f" | {'yes' if r['below_every_control'] else 'no'}") if r["arm"] == "ticket" else " | "
         lines.append(f"| {r['round']} | {r['arm']} | {r['sparsity']:.3f} | {r['val_loss_final']:.4f} ± "
-                     f"{r['val_loss_sd']:.4f} | {r['delta_vs_dense']:+.4f} | {flags} | {r['nonzero_parameters']:,} |")
+                     f"{r['val_loss_sd']:.4f} | " + " | ".join(f"{r[f'delta_vs_{a}']:+.4f}" for a in references)
+                     + f" | {verdicts} | {r['nonzero_parameters']:,} |")
     return "\n".join(lines) + "\n"
 
 
