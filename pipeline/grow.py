@@ -65,7 +65,7 @@ class GrowStage(PretrainStage):
     """The train stage's loop with the growth operator as the trained model (first_step, at_step and
     before_update stay the train stage's no-ops)."""
     name = "grow"
-    unread_sections = ("bench",)
+    unread_sections = ("bench", "prune")
 
     def __init__(self):
         self.started = time.time()

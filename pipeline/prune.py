@@ -53,6 +53,7 @@ def hf_complete(hf_dir: Path) -> bool:
 
 class SavesWeightsAt(PretrainStage):
     """Writes the weights at one step as an HF dir (collective), once."""
+    unread_sections = ("grow", "bench")  # the prune section decides the rounds' masks and start
 
     def __init__(self, step: int, out_dir: Path):
         self.save_step, self.out_dir = step, out_dir

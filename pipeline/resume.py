@@ -25,7 +25,7 @@ from pipeline.config import Config, ConfigError
 
 # Changing these does not change the sequence of weights: where the run lives (a moved run dir resumes),
 # logging, evaluation, saving, throughput accounting, the non-finite-loss limit. Neither do the config
-# sections a stage does not read (its `unread_sections`: `grow` for the train stage, `bench` for all).
+# sections a stage does not read (its `unread_sections`: `grow` and `prune` for the train stage, `bench` for all).
 HARMLESS_KEYS = {"run.dir", "train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint_interval",
                  "train.keep_checkpoints", "train.throughput_warmup_steps", "train.peak_tflops", "train.save_hf",
                  "train.preemption_grace_s", "train.max_skipped_steps", "data.num_proc"}

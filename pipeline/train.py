@@ -53,7 +53,7 @@ def seed_everything(seed: int) -> None:
 class PretrainStage:
     """What the train stage builds and exports; the grow stage swaps in its own (pipeline/grow.py)."""
     name = "train"
-    unread_sections = ("grow", "bench")  # config sections whose changes cannot change this stage's weights
+    unread_sections = ("grow", "bench", "prune")  # config sections whose changes cannot change this stage's weights
 
     def setup(self, config: Config) -> None:
         """The stage's own checks of its inputs, on every rank before any data is read (the grow
