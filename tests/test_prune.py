@@ -203,3 +203,25 @@ def test_prune_under_zero3_bf16_keeps_pruned_weights_zero(prepared, tmp_path):
         assert torch.equal(start[key], rewind[key].bfloat16().float() * kept), key
         assert bool((final[key][~kept] == 0).all()), key
         assert float((final[key] != start[key])[kept].float().mean()) > 0.9
+
+
+def test_prune_from_given_weights_rewinds_to_them(prepared, tmp_path):
+    """A grown or pretrained start (train.init_from) with rewind step 0: the rounds restart from those
+    weights (the BERT-ticket setting). One rank, plain python."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from pipeline.data.tokenizer import load_tokenizer
+    from pipeline.models.hf import save_initialized_model
+    from pipeline.models.sizes import SIZES
+    root, _, meta = prepared
+    start = tmp_path / "given"
+    save_initialized_model(SIZES["llama-nano"], load_tokenizer(meta["tokenizer"]), meta["vocab_size"], start, seed=7)
+    run = tmp_path / "prune"
+    subprocess.run([sys.executable, "-m", "pipeline.prune", "--config", "tiny", f"run.dir={run}", *data_overrides(root),
+                    *PRUNE_RUN, "prune.rewind_step=0", f"train.init_from={start}", "prune.sparsities=0.5",
+                    "prune.controls="], cwd=ROOT, check=True, capture_output=True)
+    given, mask = weights_of(start), load_file(run / "masks" / "round1-ticket.safetensors")
+    ticket_start = weights_of(run / "round1-ticket" / "start")
+    assert all(torch.equal(weights_of(run / "rewind")[k], given[k]) for k in given)
+    assert all(torch.equal(ticket_start[k], given[k] * mask[k]) for k in mask)
