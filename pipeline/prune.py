@@ -36,6 +36,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import yaml
+
 from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, parse_stage_args
 from pipeline.engine import WeightMasks, all_reduce_max, end_stage_process, init_distributed, zero_stage
@@ -43,6 +45,7 @@ from pipeline.lottery.masks import (HFWeights, full_masks, load_masks, magnitude
                                     prunable_names, random_masks_like, save_masks)
 from pipeline.lottery.report import write_summary
 from pipeline.preflight import all_ranks_agree
+from pipeline.resume import breaking_changes
 from pipeline.train import PretrainStage, Trainer, TrainingHalted, stage_flags
 
 
@@ -139,11 +142,19 @@ class LotteryRun:
             write_summary(self.run_dir, self.rounds, self.config)
 
     def _prepare_run_dir(self) -> None:
+        saved = self.run_dir / "config.yaml"
+        if self.resume == "auto" and saved.exists():  # finished rounds and masks are reused as they are
+            changes = breaking_changes(yaml.safe_load(saved.read_text()), self.config.to_dict(),
+                                       SavesWeightsAt.unread_sections)
+            if changes:
+                raise ConfigError(f"the config differs from the one {self.run_dir} was started with, so its finished "
+                                  f"rounds and masks would not belong to this run: {'; '.join(changes)}. Revert "
+                                  f"these, or pass --resume force (finished rounds and masks are kept as they are)")
         if self.overwrite:  # the rounds' own dirs are cleared by their Trainer (--overwrite)
             for name in ("masks", "rewind"):
                 shutil.rmtree(self.run_dir / name, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config.save(self.run_dir / "config.yaml")
+        self.config.save(saved)
 
     def _write_masks(self, level: int, sparsity: float, weights: HFWeights, previous: dict) -> None:
         p = self.config.prune
@@ -152,10 +163,11 @@ class LotteryRun:
                     "rewind_step": self.rewind_step, "source": str(weights.dir),
                     "source_sha256": _files_sha256(weights), "config_sha256": self.config_sha256}
         masks = self.run_dir / "masks"
-        save_masks(masks / f"round{level}-ticket.safetensors", ticket, {**manifest, "arm": "ticket"})
         for arm in round_controls(p.control_names()):
             control = random_masks_like(ticket, seed=self.config.train.seed + level) if arm == "random_prune" else ticket
             save_masks(masks / f"round{level}-{arm}.safetensors", control, {**manifest, "arm": arm})
+        # the ticket's manifest last: its presence marks the round's masks complete
+        save_masks(masks / f"round{level}-ticket.safetensors", ticket, {**manifest, "arm": "ticket"})
 
     def train_round(self, name: str, level: int, arm: str, stage: PretrainStage, init_from: str | None,
                     seed: int) -> Path:

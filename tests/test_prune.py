@@ -218,10 +218,15 @@ def test_prune_from_given_weights_rewinds_to_them(prepared, tmp_path):
     start = tmp_path / "given"
     save_initialized_model(SIZES["llama-nano"], load_tokenizer(meta["tokenizer"]), meta["vocab_size"], start, seed=7)
     run = tmp_path / "prune"
-    subprocess.run([sys.executable, "-m", "pipeline.prune", "--config", "tiny", f"run.dir={run}", *data_overrides(root),
-                    *PRUNE_RUN, "prune.rewind_step=0", f"train.init_from={start}", "prune.sparsities=0.5",
-                    "prune.controls="], cwd=ROOT, check=True, capture_output=True)
+    args = [sys.executable, "-m", "pipeline.prune", "--config", "tiny", f"run.dir={run}", *data_overrides(root),
+            *PRUNE_RUN, "prune.rewind_step=0", f"train.init_from={start}", "prune.sparsities=0.5", "prune.controls="]
+    subprocess.run(args, cwd=ROOT, check=True, capture_output=True)
     given, mask = weights_of(start), load_file(run / "masks" / "round1-ticket.safetensors")
     ticket_start = weights_of(run / "round1-ticket" / "start")
     assert all(torch.equal(weights_of(run / "rewind")[k], given[k]) for k in given)
     assert all(torch.equal(ticket_start[k], given[k] * mask[k]) for k in mask)
+    # resuming with other prune settings is refused: the finished rounds and masks would not belong to them
+    changed = subprocess.run([*args, "prune.strategy=layerwise", "--resume", "auto"], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert changed.returncode != 0 and "prune.strategy: 'global' -> 'layerwise'" in changed.stderr
+    assert (run / "masks" / "round1-ticket.safetensors").exists()  # nothing was removed
