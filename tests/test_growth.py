@@ -240,6 +240,40 @@ def test_grow_stage_rejects_bad_donors_before_compute(tmp_path, prepared):
         setup(load_config("tiny", overrides + [f"grow.donor={tmp_path / 'gpt2'}"]))
 
 
+def test_random_operator_starts_are_drawn_outside_zero_init(tmp_path, prepared, monkeypatch):
+    """DeepSpeed's zero.Init creates torch.zeros/eye/randn on the accelerator in the training dtype but
+    leaves torch.rand on the CPU, so random starts (noisy_stack depth, random width) drawn inside it
+    would mix devices on a GPU. The grow stage draws the whole start before entering it."""
+    import contextlib
+    import pipeline.grow as grow_stage
+    from pipeline.data.tokenizer import load_tokenizer
+    from pipeline.models.hf import save_initialized_model
+    root, _, meta = prepared
+    save_initialized_model(SIZES["llama-nano"], load_tokenizer(meta["tokenizer"]), meta["vocab_size"],
+                           tmp_path / "donor", seed=0)
+    inside, draws, real_rand = [], [], torch.rand
+
+    @contextlib.contextmanager
+    def partitioned(ds):  # stands in for zero.Init: records what runs inside it
+        inside.append(True)
+        yield
+        inside.pop()
+
+    def rand(*args, **kwargs):
+        draws.append(bool(inside))
+        return real_rand(*args, **kwargs)
+
+    monkeypatch.setattr(grow_stage, "partitioned_construction", partitioned)
+    monkeypatch.setattr(torch, "rand", rand)
+    config = load_config("tiny", [f"data.tokenizer={root}/tokenizer", f"data.output_dir={root}/packed",
+                                  f"grow.donor={tmp_path / 'donor'}", "grow.depth_init=noisy_stack",
+                                  "grow.width_init=random"])
+    stage = grow_stage.GrowStage()
+    stage.setup(config)
+    stage.build_model(config, None, {})
+    assert draws and not any(draws)
+
+
 def test_aki_takes_new_units_from_the_next_layer():
     """bert2BERT-AKI: entries touching only old units are the copy init of layer j; entries touching a new
     unit come from donor layer j + 1 (the top layer uses itself)."""
