@@ -271,5 +271,5 @@ def write_hf_files(weights, hf_config, tokenizer, out_dir: Path, max_shard_bytes
             weight_map.update(dict.fromkeys(names, filename))
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    hf_config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    hf_config.save_pretrained(out_dir)  # last: config.json marks a complete dir (prune stage)

@@ -204,7 +204,8 @@ class PruneConfig:
     """Comma-separated controls, trained with the rounds' steps: dense_rewound (once: the unpruned model
     retrained from the rewind weights as the rounds are, the protocol-matched dense reference) |
     random_prune (each round: the ticket's per-tensor counts at random positions, from the rewind
-    weights) | random_reinit (each round: the ticket's mask on a new random init, seed train.seed + 1).
+    weights) | random_reinit (each round: the ticket's mask on a new random init, its seed apart from
+    every train.seed a benchmark uses).
     Empty: tickets only."""
 
     def levels(self) -> list[float]:

@@ -230,13 +230,14 @@ class WeightMasks:
                 mask = mask.to(weights.device).view(weights.shape)
                 weights.data.mul_(mask)
                 self.masked.append((param, mask))
-                if not self.partitioned:
-                    param.register_hook(lambda grad, mask=mask: grad * mask)
+                if not self.partitioned:  # masked_fill: a non-finite gradient must not reach a pruned weight
+                    param.register_hook(lambda grad, mask=mask: grad.masked_fill(~mask, 0))
 
     def before_update(self) -> None:
         if self.partitioned:
             for param, mask in self.masked:
-                deepspeed.utils.safe_set_local_grad(param, deepspeed.utils.safe_get_local_grad(param) * mask)
+                grad = deepspeed.utils.safe_get_local_grad(param)
+                deepspeed.utils.safe_set_local_grad(param, grad.masked_fill(~mask.to(grad.device), 0))
 
 
 def set_master_weights(engine, values) -> None:

@@ -49,6 +49,11 @@ from pipeline.resume import breaking_changes
 from pipeline.train import PretrainStage, Trainer, TrainingHalted, stage_flags
 
 
+# seeds of the controls, apart from the train.seed values a multi-seed benchmark uses for its dense runs
+REINIT_SEED_OFFSET = 1_000_003
+RANDOM_PRUNE_SEED_OFFSET = 2_000_003
+
+
 def hf_complete(hf_dir: Path) -> bool:
     """Every rank agrees: config.json is written after the weights (checkpoint.write_hf_files)."""
     return all_reduce_max([float(not (hf_dir / "config.json").exists())])[0] == 0
@@ -112,8 +117,8 @@ class LotteryRun:
         with all_ranks_agree("preparing the prune run dir"):
             if self.rank == 0:
                 self._prepare_run_dir()
-        dense_dir = self.train_round("dense", 0, "dense", SavesWeightsAt(self.rewind_step, self.run_dir / "rewind"),
-                                     self.config.train.init_from, self.config.train.seed)
+        self.train_round("dense", 0, "dense", SavesWeightsAt(self.rewind_step, self.run_dir / "rewind"),
+                         self.config.train.init_from, self.config.train.seed)
         if not hf_complete(self.run_dir / "rewind"):
             raise ConfigError(f"{self.run_dir}/rewind (the weights at step {self.rewind_step}) is missing although "
                               f"the dense round finished: start the prune run again with --overwrite")
@@ -121,28 +126,29 @@ class LotteryRun:
             self.train_round("dense_rewound", 0, "dense_rewound",
                              RewoundStage(self.rewind_step, self.run_dir / "dense_rewound"),
                              str(self.run_dir / "rewind"), self.config.train.seed)
-        weights = HFWeights(dense_dir / "hf")
-        names = prunable_names(weights.shapes, p.include, p.exclude)
-        previous = full_masks(weights.shapes, names)
         for level, sparsity in enumerate(self.config.prune.levels(), 1):
-            ticket_path = self.run_dir / "masks" / f"round{level}-ticket.safetensors"
             with all_ranks_agree(f"computing the round {level} masks"):
-                if self.rank == 0 and not manifest_path(ticket_path).exists():
-                    self._write_masks(level, sparsity, weights, previous)
+                if self.rank == 0 and not manifest_path(self.mask_path(level, "ticket")).exists():
+                    self._write_masks(level, sparsity)
             for arm in ("ticket", *round_controls(p.control_names())):
-                mask_path = self.run_dir / "masks" / f"round{level}-{arm}.safetensors"
                 name = f"round{level}-{arm}"
                 reinit = arm == "random_reinit"
-                round_dir = self.train_round(
-                    name, level, arm, MaskedStage(self.rewind_step, self.run_dir / name, mask_path),
-                    None if reinit else str(self.run_dir / "rewind"), self.config.train.seed + int(reinit))
-                if arm == "ticket" and p.mode == "iterative":
-                    weights, previous = HFWeights(round_dir / "hf"), load_masks(ticket_path)
-        if self.rank == 0:
-            write_summary(self.run_dir, self.rounds, self.config)
+                self.train_round(name, level, arm, MaskedStage(self.rewind_step, self.run_dir / name,
+                                                               self.mask_path(level, arm)),
+                                 None if reinit else str(self.run_dir / "rewind"),
+                                 self.config.train.seed + REINIT_SEED_OFFSET * reinit)
+        with all_ranks_agree("writing the summary"):
+            if self.rank == 0:
+                write_summary(self.run_dir, self.rounds, self.config)
+
+    def mask_path(self, level: int, arm: str) -> Path:
+        return self.run_dir / "masks" / f"round{level}-{arm}.safetensors"
 
     def _prepare_run_dir(self) -> None:
         saved = self.run_dir / "config.yaml"
+        if self.resume is None and not self.overwrite and saved.exists():
+            raise ConfigError(f"{self.run_dir} already holds a prune run: pass --resume auto to continue it, "
+                              f"--overwrite to replace it, or choose a new run.dir")
         if self.resume == "auto" and saved.exists():  # finished rounds and masks are reused as they are
             changes = breaking_changes(yaml.safe_load(saved.read_text()), self.config.to_dict(),
                                        SavesWeightsAt.unread_sections)
@@ -156,27 +162,35 @@ class LotteryRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config.save(saved)
 
-    def _write_masks(self, level: int, sparsity: float, weights: HFWeights, previous: dict) -> None:
+    def _write_masks(self, level: int, sparsity: float) -> None:
+        """Rank 0: the round's ticket mask, pruned from the dense model's final weights (round 1, or
+        one_shot) or the previous ticket's among its survivors (iterative), and the control masks."""
         p = self.config.prune
+        if level == 1 or p.mode == "one_shot":
+            weights = HFWeights(self.run_dir / "dense" / "hf")
+            previous = full_masks(weights.shapes, prunable_names(weights.shapes, p.include, p.exclude))
+        else:
+            weights = HFWeights(self.run_dir / f"round{level - 1}-ticket" / "hf")
+            previous = load_masks(self.mask_path(level - 1, "ticket"))
         ticket = magnitude_masks(weights.get, previous, sparsity, p.strategy)
         manifest = {"round": level, "target_sparsity": sparsity, "mode": p.mode, "strategy": p.strategy,
                     "rewind_step": self.rewind_step, "source": str(weights.dir),
                     "source_sha256": _files_sha256(weights), "config_sha256": self.config_sha256}
-        masks = self.run_dir / "masks"
         for arm in round_controls(p.control_names()):
-            control = random_masks_like(ticket, seed=self.config.train.seed + level) if arm == "random_prune" else ticket
-            save_masks(masks / f"round{level}-{arm}.safetensors", control, {**manifest, "arm": arm})
+            seed = RANDOM_PRUNE_SEED_OFFSET + 1000 * self.config.train.seed + level  # distinct per (seed, round)
+            control = random_masks_like(ticket, seed) if arm == "random_prune" else ticket
+            save_masks(self.mask_path(level, arm), control, {**manifest, "arm": arm})
         # the ticket's manifest last: its presence marks the round's masks complete
-        save_masks(masks / f"round{level}-ticket.safetensors", ticket, {**manifest, "arm": "ticket"})
+        save_masks(self.mask_path(level, "ticket"), ticket, {**manifest, "arm": "ticket"})
 
     def train_round(self, name: str, level: int, arm: str, stage: PretrainStage, init_from: str | None,
-                    seed: int) -> Path:
+                    seed: int) -> None:
         round_dir = self.run_dir / name
         self.rounds.append({"name": name, "round": level, "arm": arm, "dir": str(round_dir)})
         if self.resume is not None and hf_complete(round_dir / "hf"):
             if self.rank == 0:
                 print(f"[prune] {name}: finished earlier, skipped", flush=True)
-            return round_dir
+            return
         if self.rank == 0:
             print(f"[prune] {name}: training", flush=True)
         t = self.config.train
@@ -185,7 +199,6 @@ class LotteryRun:
         stage.name = f"prune {name}"
         Trainer(config, self.resume, stage=stage, overwrite=self.overwrite).fit()
         gc.collect()  # the round's engine and model go before the next round builds its own
-        return round_dir
 
 
 def round_controls(controls: list[str]) -> list[str]:

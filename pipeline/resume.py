@@ -31,7 +31,8 @@ HARMLESS_KEYS = {"run.dir", "train.log_interval", "train.eval_interval", "train.
                  "train.preemption_grace_s", "train.max_skipped_steps", "data.num_proc"}
 # The per-rank split of a step's batch may change as long as the global batch (the data order) does not.
 BATCH_SPLIT_KEYS = {"train.micro_batch_size", "train.grad_accum_steps", "train.global_batch_size"}
-RUN_FILES = ("checkpoints", "tb", "metrics.jsonl", "hf", "config.yaml", "operator.pt", "operator.json", "report.json")
+RUN_FILES = ("checkpoints", "tb", "metrics.jsonl", "hf", "config.yaml", "operator.pt", "operator.json", "report.json",
+             "start")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -61,6 +61,9 @@ def test_iterative_masks_are_nested_with_density_0_8_per_round():
         masks = new
     with pytest.raises(ConfigError, match="must increase"):
         magnitude_masks(weights.__getitem__, masks, 0.2, "global")
+    diverged = {**weights, "layers.1.mlp.w": weights["layers.1.mlp.w"].clone().fill_(float("nan"))}
+    with pytest.raises(ConfigError, match="non-finite"):  # NaN would otherwise rank above every magnitude
+        magnitude_masks(diverged.__getitem__, full_masks(shapes, list(weights)), 0.5, "global")
 
 
 def test_random_prune_control_keeps_per_tensor_counts_at_other_positions():
@@ -225,6 +228,11 @@ def test_prune_from_given_weights_rewinds_to_them(prepared, tmp_path):
     ticket_start = weights_of(run / "round1-ticket" / "start")
     assert all(torch.equal(weights_of(run / "rewind")[k], given[k]) for k in given)
     assert all(torch.equal(ticket_start[k], given[k] * mask[k]) for k in mask)
+    # a launch without --resume over the finished run is refused before it touches anything
+    config_before = (run / "config.yaml").read_text()
+    fresh = subprocess.run([*args, "prune.strategy=layerwise"], cwd=ROOT, capture_output=True, text=True)
+    assert fresh.returncode != 0 and "already holds a prune run" in fresh.stderr
+    assert (run / "config.yaml").read_text() == config_before
     # resuming with other prune settings is refused: the finished rounds and masks would not belong to them
     changed = subprocess.run([*args, "prune.strategy=layerwise", "--resume", "auto"], cwd=ROOT, capture_output=True,
                              text=True)

@@ -89,7 +89,10 @@ def _prune_count(weights: Callable[[str], torch.Tensor], names: list[str], masks
 
     def survivor_keys():
         for name in names:
-            yield _bits(weights(name))[masks[name]]
+            values = weights(name)
+            if not torch.isfinite(values).all():
+                raise ConfigError(f"{name} holds non-finite weights: the run diverged, there is no magnitude to prune by")
+            yield _bits(values)[masks[name]]
 
     threshold = _kth_smallest(survivor_keys, count)
     out, ties_left = {}, count - sum(int((keys < threshold).sum()) for keys in survivor_keys())
