@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from pipeline.config import ConfigError
 from pipeline.engine import full_fp32_parameters
+from pipeline.models.hf import HFWeights
 
 
 def latest_tag(checkpoint_dir: Path) -> str | None:
@@ -160,9 +161,7 @@ def load_hf_partitions(model, hf_dir: Path) -> None:
     only the slice of each tensor that it holds (whole rows around it), never the whole checkpoint and
     without gathering a parameter. transformers' own ZeRO-3 loading has rank 0 read every file and
     gather each layer to hand it out."""
-    index = hf_dir / "model.safetensors.index.json"
-    files = (json.loads(index.read_text())["weight_map"] if index.exists()
-             else dict.fromkeys(_safetensors_names(hf_dir / "model.safetensors"), "model.safetensors"))
+    files = HFWeights(hf_dir).files
     params = list(model.named_parameters())
     missing = [name for name, _ in params if name not in files]
     if missing:
@@ -209,11 +208,6 @@ def load_partitions(params: dict[str, torch.nn.Parameter], path: Path) -> dict[s
     ZeRO-3 parameters in `params`, e.g. a pruning mask: never the whole tensor."""
     with safe_open(path, framework="pt") as f:
         return {name: read_partition(f.get_slice(name), params[name]) for name in f.keys()}
-
-
-def _safetensors_names(path: Path) -> list[str]:
-    with safe_open(path, framework="pt") as f:
-        return list(f.keys())
 
 
 def save_hf_model(engine, hf_config, tokenizer, out_dir: Path, rank: int) -> None:

@@ -2,7 +2,7 @@
 tensor), the random-pruning control, and mask files. Tensor code only: no DeepSpeed.
 
 A mask maps a parameter name to a bool tensor of the parameter's shape, True = kept. Masks are
-computed from weights read one tensor at a time (`HFWeights`, an HF dir's safetensors), so a global
+computed from weights read one tensor at a time (`models.hf.HFWeights`, an HF dir's safetensors), so a global
 threshold over a billion weights never holds more than one tensor.
 
 Global magnitude pruning needs the k-th smallest |w| among the survivors of every prunable tensor. It
@@ -20,33 +20,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import ConfigError
-
-class HFWeights:
-    """The tensors of an HF model dir (one safetensors file or an index of shards), read on demand."""
-
-    def __init__(self, hf_dir: Path):
-        self.dir = Path(hf_dir)
-        index = self.dir / "model.safetensors.index.json"
-        if index.exists():
-            self.files = json.loads(index.read_text())["weight_map"]
-        elif (self.dir / "model.safetensors").exists():
-            with safe_open(self.dir / "model.safetensors", framework="pt") as f:
-                self.files = dict.fromkeys(f.keys(), "model.safetensors")
-        else:
-            raise ConfigError(f"{self.dir} holds no safetensors weights (model.safetensors or an index)")
-        self.shapes = {}
-        for filename in set(self.files.values()):
-            with safe_open(self.dir / filename, framework="pt") as f:
-                self.shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
-
-    def get(self, name: str) -> torch.Tensor:
-        with safe_open(self.dir / self.files[name], framework="pt") as f:
-            return f.get_tensor(name).float()
-
 
 def prunable_names(shapes: dict[str, tuple], include: str, exclude: str) -> list[str]:
     """Matrices (2-D) whose name matches `include` and not `exclude` (regular expressions, re.search)."""
@@ -67,8 +43,9 @@ def _bits(values: torch.Tensor) -> torch.Tensor:
     return values.float().abs().contiguous().view(torch.int32).long()
 
 
-def _kth_smallest(keys: Callable[[], Iterator[torch.Tensor]], k: int) -> int:
-    """The k-th smallest (1-based) key over the chunks `keys()` yields; two passes."""
+def _kth_smallest(keys: Callable[[], Iterator[torch.Tensor]], k: int) -> tuple[int, int]:
+    """The k-th smallest (1-based) key over the chunks `keys()` yields, and how many keys are smaller;
+    two passes."""
     high = torch.zeros(1 << 16, dtype=torch.int64)
     for chunk in keys():
         high += torch.bincount(chunk >> 16, minlength=1 << 16)
@@ -78,7 +55,9 @@ def _kth_smallest(keys: Callable[[], Iterator[torch.Tensor]], k: int) -> int:
     low = torch.zeros(1 << 16, dtype=torch.int64)
     for chunk in keys():
         low += torch.bincount(chunk[(chunk >> 16) == top] & 0xFFFF, minlength=1 << 16)
-    return (top << 16) | int(torch.searchsorted(low.cumsum(0), k - below))
+    low_cumulative = low.cumsum(0)
+    bottom = int(torch.searchsorted(low_cumulative, k - below))
+    return (top << 16) | bottom, below + (int(low_cumulative[bottom - 1]) if bottom else 0)
 
 
 def _prune_count(weights: Callable[[str], torch.Tensor], names: list[str], masks: dict[str, torch.Tensor],
@@ -94,8 +73,8 @@ def _prune_count(weights: Callable[[str], torch.Tensor], names: list[str], masks
                 raise ConfigError(f"{name} holds non-finite weights: the run diverged, there is no magnitude to prune by")
             yield _bits(values)[masks[name]]
 
-    threshold = _kth_smallest(survivor_keys, count)
-    out, ties_left = {}, count - sum(int((keys < threshold).sum()) for keys in survivor_keys())
+    threshold, smaller = _kth_smallest(survivor_keys, count)
+    out, ties_left = {}, count - smaller
     for name in names:
         keys, kept = _bits(weights(name)), masks[name].clone()
         kept &= keys > threshold

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.flops import training_flops_per_token
-from pipeline.lottery.masks import HFWeights
 from pipeline.metrics import read_metrics
+from pipeline.models.hf import HFWeights
 from pipeline.models.sizes import resolve_shape
 
 

@@ -6,10 +6,12 @@ The model code never knows about parallelism: ZeRO-3 partitioned construction is
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import transformers
+from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
 
 from pipeline.errors import ConfigError
@@ -88,3 +90,26 @@ def save_initialized_model(shape: ModelShape, tokenizer, vocab_size: int, out_di
     torch.manual_seed(seed)
     build_model(hf_config(shape, vocab_size, special_token_ids(tokenizer))).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+class HFWeights:
+    """The tensors of an HF model dir (one safetensors file or an index of shards), read on demand."""
+
+    def __init__(self, hf_dir: Path):
+        self.dir = Path(hf_dir)
+        index = self.dir / "model.safetensors.index.json"
+        if index.exists():
+            self.files = json.loads(index.read_text())["weight_map"]
+        elif (self.dir / "model.safetensors").exists():
+            with safe_open(self.dir / "model.safetensors", framework="pt") as f:
+                self.files = dict.fromkeys(f.keys(), "model.safetensors")
+        else:
+            raise ConfigError(f"{self.dir} holds no safetensors weights (model.safetensors or an index)")
+        self.shapes = {}
+        for filename in set(self.files.values()):
+            with safe_open(self.dir / filename, framework="pt") as f:
+                self.shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+
+    def get(self, name: str) -> torch.Tensor:
+        with safe_open(self.dir / self.files[name], framework="pt") as f:
+            return f.get_tensor(name).float()
