@@ -108,3 +108,20 @@ def test_slurm_job_starts_one_launcher_per_node_with_its_rank(repo):
     assert proc.stdout.splitlines() == [
         f"deepspeed --master_port 29500 --hostfile runs/slurm-42.hosts --master_addr gpu-a17 --no_ssh --node_rank {n} "
         f"--module pipeline.grow --config big" for n in (0, 1)]
+
+
+def test_installed_versions_are_the_locked_ones():
+    """launch/setup.sh installs launch/constraints.txt: what the tests run with is what the lock says."""
+    from importlib.metadata import PackageNotFoundError, version
+    locked = [line.split("==") for line in (ROOT / "launch" / "constraints.txt").read_text().splitlines()
+              if line and not line.startswith("#")]
+    assert {name.lower() for name, _ in locked} >= {"torch", "deepspeed", "transformers", "datasets"}
+    mismatched = []
+    for name, want in locked:
+        try:
+            have = version(name).split("+")[0]  # torch's local build label (+cpu) is not locked
+        except PackageNotFoundError:
+            continue
+        if have != want:
+            mismatched.append(f"{name} {have} (locked {want})")
+    assert not mismatched, f"installed versions differ from launch/constraints.txt: {mismatched}"
