@@ -30,6 +30,7 @@ from pipeline.growth.schemes import (DEPTH_COEFFICIENTS, DEPTH_SCHEMES, NEW_LAYE
 from pipeline.models.sizes import resolve_shape
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+TXT_DOCUMENTS = ("paragraphs", "lines", "files")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,12 +41,33 @@ class RunConfig:
 
 
 @dataclass
+class SourceConfig:
+    path: str = ""
+    """Where the text is, in data.source's syntax (a file, a directory, a saved `datasets` dir, "stdlib",
+    "hf:<name>[:<config>[:<split>]]")."""
+    weight: float = 1.0
+    """Share of the training samples drawn from this source (weights are normalized to sum to 1)."""
+    text_field: typing.Optional[str] = None
+    """Column / JSONL key holding the text; unset: data.text_field."""
+    name: typing.Optional[str] = None
+    """Label in reports and the packed data's sources/<name>/ dir; unset: made from the path."""
+
+
+@dataclass
 class DataConfig:
     source: str = "stdlib"
     """Corpus: "stdlib" (the running interpreter's standard library .py files), a local .txt/.jsonl
-    file or directory, a `datasets` dataset saved with save_to_disk, or "hf:<hub name>"."""
+    file or directory, a `datasets` dataset saved with save_to_disk, or "hf:<name>[:<config>[:<split>]]"
+    (a hub name or a local dataset dir, loaded with `datasets.load_dataset`)."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """Several weighted sources instead of data.source, e.g. in YAML
+    `sources: [{path: web.jsonl, weight: 0.7}, {path: code/, weight: 0.3}]`: each is tokenized and packed
+    on its own and training draws from them in these proportions (pipeline/data/loader.py)."""
     text_field: str = "text"
     """Column / JSONL key holding the text."""
+    txt_documents: str = "paragraphs"
+    """How .txt files divide into documents: "paragraphs" (split on blank lines), "lines" or "files"
+    (a file is one document). Other text files (.py, .md, .rst) are one document each."""
     validation_fraction: float = 0.05
     """Share of documents (files, for file sources) held out for validation; chosen by a stable hash."""
     tokenizer: str = "stdlib-2k"
@@ -347,6 +369,11 @@ def _build(cls, values: dict, where: str):
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, f"{where}{name}.")
+        elif typing.get_origin(hint) is list:  # a list of sections, e.g. data.sources
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}{name}: expected a list of mappings, got {value!r}")
+            item = typing.get_args(hint)[0]
+            kwargs[name] = [_build(item, v, f"{where}{name}[{i}].") for i, v in enumerate(value)]
         else:
             kwargs[name] = _coerce(value, hint, f"{where}{name}")
     return cls(**kwargs)
@@ -388,6 +415,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.vocab_size={d.vocab_size} is too small for a sentencepiece model (use >= 16)")
     if not 0 < d.validation_fraction < 1:
         raise ConfigError(f"data.validation_fraction must be in (0, 1), got {d.validation_fraction}")
+    if d.txt_documents not in TXT_DOCUMENTS:
+        raise ConfigError(f"data.txt_documents must be one of {TXT_DOCUMENTS}, got {d.txt_documents!r}")
+    validate_sources(d)
     for name in ("micro_batch_size", "grad_accum_steps", "steps", "eval_interval", "eval_batches",
                  "checkpoint_interval", "log_interval"):
         if getattr(t, name) <= 0:
@@ -433,6 +463,33 @@ def validate(config: Config) -> None:
     if t.global_batch_size is not None and t.global_batch_size % (t.micro_batch_size * t.grad_accum_steps):
         raise ConfigError(batch_triad_message(t, world_size=None))
     load_deepspeed_json(t.deepspeed_config)
+
+
+def source_names(d: DataConfig) -> list[str]:
+    """Each source's label: its `name`, else "<index>-<last part of its path>" (unique by the index)."""
+    names = []
+    for i, source in enumerate(d.sources):
+        path = source.path[len("hf:"):].split(":")[0] if source.path.startswith("hf:") else source.path
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem) or "source"
+        names.append(source.name or f"{i}-{stem}")
+    return names
+
+
+def validate_sources(d: DataConfig) -> None:
+    if not d.sources:
+        return
+    if d.source != DataConfig.source:
+        raise ConfigError(f"set data.source ({d.source!r}) or data.sources, not both: a mixture lists every "
+                          f"source in data.sources")
+    for i, source in enumerate(d.sources):
+        if not source.path:
+            raise ConfigError(f"data.sources[{i}] has no path")
+        if not source.weight > 0:
+            raise ConfigError(f"data.sources[{i}] ({source.path}): weight must be positive, got {source.weight}")
+    names = source_names(d)
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.-]+", n) or n in (".", "..")]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError(f"data.sources names must be unique file names (letters, digits, _ . -), got {names}")
 
 
 def validate_prune(p: PruneConfig, train_steps: int) -> None:

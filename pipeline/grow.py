@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
-from pipeline.data.packing import read_meta
+from pipeline.data.packing import adds_bos, read_meta
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.engine import (all_reduce_mean, build_engine, end_stage_process, full_fp32_parameters,
                              partitioned_construction, set_master_weights, trainable_parameters_per_rank)
@@ -61,6 +61,28 @@ def read_donor(path: str):
     return config, adapter, shards
 
 
+def check_donor_tokenizer(donor_dir: str, donor_vocab: int, data_dir: str) -> None:
+    """The data must be the donor's language: its vocabulary, and BOS at document starts iff the donor's
+    tokenizer puts one there (a LLaMA-family donor never saw a document without it)."""
+    meta = read_meta(Path(data_dir))
+    if meta is None:
+        return  # the trainer reports missing data
+    if donor_vocab != meta["vocab_size"]:
+        raise ConfigError(f"donor vocab {donor_vocab} != data vocab {meta['vocab_size']}: "
+                          f"prepare the data with the donor's tokenizer")
+    if not (Path(donor_dir) / "tokenizer_config.json").exists():
+        return
+    donor_tokenizer = load_tokenizer(donor_dir)
+    if donor_tokenizer.get_vocab() != load_tokenizer(meta["tokenizer"]).get_vocab():
+        raise ConfigError(f"the donor's tokenizer ({donor_dir}) differs from the data's ({meta['tokenizer']}): "
+                          f"prepare the data with data.tokenizer={donor_dir}")
+    donor_bos, data_bos = adds_bos(donor_tokenizer), meta.get("bos", False)
+    if donor_bos != data_bos:
+        raise ConfigError(f"the donor's tokenizer ({donor_dir}) {'starts' if donor_bos else 'does not start'} every "
+                          f"text with BOS but {data_dir} was packed {'with' if data_bos else 'without'} it: prepare "
+                          f"the data again into a new data.output_dir with data.tokenizer={donor_dir}")
+
+
 class GrowStage(PretrainStage):
     """The train stage's loop with the growth operator as the trained model (first_step, at_step and
     before_update stay the train stage's no-ops)."""
@@ -78,26 +100,13 @@ class GrowStage(PretrainStage):
         self.plan = GrowthPlan(shape_of(self.donor_config), resolve_shape(config.model), g.depth_init,
                                g.width_init, config.train.seed, g.depth_coefficients, g.new_layers)
         check_plan(self.plan)
-        self._check_tokenizer(config)
+        check_donor_tokenizer(g.donor, self.donor_config.vocab_size, config.data.output_dir)
         if int(os.environ.get("RANK", "0")) == 0:
             for note in lossy_choices(self.plan):
                 print(f"[grow] warning: grow.{note}", flush=True)
         self.recompute = g.recompute
         if self.recompute == "auto":
             self.recompute = "activations" if config.model.activation_checkpointing else "weights"
-
-    def _check_tokenizer(self, config: Config) -> None:
-        meta = read_meta(Path(config.data.output_dir))
-        if meta is None:
-            return  # the trainer reports missing data
-        if self.donor_config.vocab_size != meta["vocab_size"]:
-            raise ConfigError(f"donor vocab {self.donor_config.vocab_size} != data vocab {meta['vocab_size']}: "
-                              f"prepare the data with the donor's tokenizer")
-        donor_dir = config.grow.donor
-        if (Path(donor_dir) / "tokenizer_config.json").exists() and \
-                load_tokenizer(donor_dir).get_vocab() != load_tokenizer(meta["tokenizer"]).get_vocab():
-            raise ConfigError(f"the donor's tokenizer ({donor_dir}) differs from the data's ({meta['tokenizer']}): "
-                              f"prepare the data with data.tokenizer={donor_dir}")
 
     def schedule(self, config: Config) -> TrainConfig:
         g = config.grow

@@ -3,9 +3,13 @@
     python -m pipeline.prepare --config tiny
     python -m pipeline.prepare --config tiny data.source=/path/to/texts data.tokenizer=mytok \\
         data.output_dir=data/mytok-512 data.seq_len=512
+    python -m pipeline.prepare --config tiny data.output_dir=data/mix \\
+        'data.sources=[{path: web.jsonl, weight: 0.7}, {path: stdlib, weight: 0.3}]'
 
 Re-running with the same inputs reuses the tokenizer and the packed files; different inputs aimed
-at an existing tokenizer or output dir are refused rather than overwritten.
+at an existing tokenizer or output dir are refused rather than overwritten. With several weighted
+sources (data.sources) each is packed into <output_dir>/sources/<name>/ and meta.json lists them;
+training draws from them by weight (pipeline/data/loader.py).
 """
 
 from __future__ import annotations
@@ -14,31 +18,65 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.config import Config, ConfigError, parse_stage_args
-from pipeline.data.corpus import load_corpus
-from pipeline.data.packing import pack_corpus, read_meta
-from pipeline.data.tokenizer import load_or_train_tokenizer
+from pipeline.config import Config, ConfigError, DataConfig, parse_stage_args, source_names
+from pipeline.data.corpus import load_source
+from pipeline.data.loader import repetition_report
+from pipeline.data.packing import pack_corpus, read_meta, write_meta
+from pipeline.data.tokenizer import load_or_train_tokenizer, tokenizer_dir
+
+SOURCES_DIR = "sources"
+
+
+@dataclass
+class Source:
+    name: str
+    path: str
+    text_field: str
+    weight: float  # normalized: the sources' weights sum to 1
+
+
+def sources_of(d: DataConfig) -> list[Source]:
+    """data.sources, or data.source as the one source of weight 1."""
+    if not d.sources:
+        return [Source("corpus", d.source, d.text_field, 1.0)]
+    total = sum(s.weight for s in d.sources)
+    return [Source(name, s.path, s.text_field or d.text_field, s.weight / total)
+            for name, s in zip(source_names(d), d.sources)]
 
 
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _tokenizer_record(d: DataConfig, sources: list[Source], fingerprints: list[str]) -> dict:
+    common = {"vocab_size": d.vocab_size, "train_chars": d.tokenizer_train_chars,
+              "validation_fraction": d.validation_fraction}
+    if not d.sources:  # the single-source record of earlier versions: their tokenizers and data stay reusable
+        return {"source": d.source, "corpus": fingerprints[0], **common, "text_field": d.text_field}
+    return {"sources": [{"name": s.name, "source": s.path, "corpus": f, "text_field": s.text_field,
+                         "weight": s.weight} for s, f in zip(sources, fingerprints)], **common}
+
+
 def prepare(config: Config) -> dict:
     d = config.data
     out_dir = Path(d.output_dir)
     start = time.time()
-    corpus, fingerprint = load_corpus(d)
-    print(f"[prepare] corpus {d.source!r}: {len(corpus['train'])} train / {len(corpus['validation'])} "
-          f"validation documents", flush=True)
-    tok_record = {"source": d.source, "corpus": fingerprint, "vocab_size": d.vocab_size,
-                  "train_chars": d.tokenizer_train_chars, "validation_fraction": d.validation_fraction,
-                  "text_field": d.text_field}
-    tokenizer, tok_dir, trained = load_or_train_tokenizer(d.tokenizer, corpus["train"], d.vocab_size,
-                                                          d.tokenizer_train_chars, tok_record)
+    tokenizer_dir(d.tokenizer)  # a hub name is refused before the corpus is read
+    sources = sources_of(d)
+    corpora, fingerprints = [], []
+    for source in sources:
+        corpus, fingerprint = load_source(source.path, source.text_field, d)
+        corpora.append(corpus)
+        fingerprints.append(fingerprint)
+        print(f"[prepare] source {source.path!r}: {len(corpus['train'])} train / {len(corpus['validation'])} "
+              f"validation documents", flush=True)
+    tok_record = _tokenizer_record(d, sources, fingerprints)
+    train_texts = [(c["train"], max(1, round(d.tokenizer_train_chars * s.weight))) for s, c in zip(sources, corpora)]
+    tokenizer, tok_dir, trained = load_or_train_tokenizer(d.tokenizer, train_texts, d.vocab_size, tok_record)
     print(f"[prepare] tokenizer {tok_dir} ({'trained' if trained else 'reused'}, {len(tokenizer)} tokens)",
           flush=True)
     tokenizer_files = sorted(p for p in tok_dir.iterdir() if p.is_file())
@@ -50,13 +88,45 @@ def prepare(config: Config) -> dict:
             raise ConfigError(f"{out_dir} holds data prepared from other inputs (key {existing['key']}, now "
                               f"{key}); choose another data.output_dir or delete it yourself")
         print(f"[prepare] reusing {out_dir} (same inputs)", flush=True)
+        _print_repetition(config, existing)
         return existing
-    meta = pack_corpus(corpus, tokenizer, d.seq_len, d.num_proc, out_dir,
-                       {"key": key, "tokenizer": str(tok_dir.resolve()), "source": d.source})
+    common = {"key": key, "tokenizer": str(tok_dir.resolve())}
+    if not d.sources:
+        meta = pack_corpus(corpora[0], tokenizer, d.seq_len, d.num_proc, out_dir, {**common, "source": d.source})
+    else:
+        meta = _pack_mixture(d, sources, corpora, tokenizer, out_dir, common)
     for name, split in meta["splits"].items():
         print(f"[prepare] {name}: {split['documents']} documents, {split['tokens']:,} tokens, "
               f"{split['samples']:,} samples of {d.seq_len}", flush=True)
+    _print_repetition(config, meta)
     print(f"[prepare] wrote {out_dir} in {time.time() - start:.1f}s", flush=True)
+    return meta
+
+
+def _print_repetition(config: Config, meta: dict) -> None:
+    t = config.train
+    per_step = t.global_batch_size or t.micro_batch_size * t.grad_accum_steps
+    ranks = "" if t.global_batch_size else " per data-parallel rank"
+    print(f"[prepare] train.steps={t.steps} x {per_step} samples{ranks}:", flush=True)
+    for line in repetition_report(meta, t.steps * per_step):
+        print(f"[prepare]   {line}", flush=True)
+
+
+def _pack_mixture(d: DataConfig, sources: list[Source], corpora: list, tokenizer, out_dir: Path, common: dict) -> dict:
+    """Each source packed on its own into sources/<name>/; the top meta.json (written last) lists them."""
+    parts = []
+    for source, corpus in zip(sources, corpora):
+        print(f"[prepare] packing source {source.name} ({source.path})", flush=True)
+        part_dir = f"{SOURCES_DIR}/{source.name}"
+        part = pack_corpus(corpus, tokenizer, d.seq_len, d.num_proc, out_dir / part_dir, {**common, "source": source.path})
+        parts.append({"name": source.name, "path": source.path, "weight": source.weight, "dir": part_dir,
+                      "splits": part["splits"]})
+    splits = {name: {field: sum(p["splits"][name][field] for p in parts) for field in ("documents", "tokens", "samples")}
+              for name in ("train", "validation")}
+    first = read_meta(out_dir / parts[0]["dir"])
+    meta = {**common, "source": "mixture", "dtype": first["dtype"], "seq_len": d.seq_len,
+            "vocab_size": first["vocab_size"], "bos": first["bos"], "sources": parts, "splits": splits}
+    write_meta(out_dir, meta)
     return meta
 
 

@@ -28,7 +28,7 @@ import torch
 
 from pipeline import __version__, checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
-from pipeline.data.loader import PackedSamples, TrainBatches, validation_batches
+from pipeline.data.loader import TrainBatches, open_samples, repetition_report, validation_batches
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
@@ -143,7 +143,7 @@ class Trainer:
         with all_ranks_agree("the checks before training"):
             self.stage.setup(config)
             ds = deepspeed_config(t, self.world_size, resolve_shape(config.model))  # raises on a bad batch triad before any work
-            self.train_samples = PackedSamples(config.data.output_dir, "train")
+            self.train_samples = open_samples(config.data.output_dir, "train")
             self.tokenizer = load_tokenizer(self.train_samples.meta["tokenizer"])
             vocab_size = self.train_samples.meta["vocab_size"]
             if self.train_samples.seq_len != config.data.seq_len:
@@ -152,7 +152,7 @@ class Trainer:
             self.batches = TrainBatches(self.train_samples, config.data.order_seed, t.micro_batch_size,
                                         t.grad_accum_steps, self.rank, self.world_size)
             # eval_batches global batches: the same samples whatever the world size and accumulation split
-            self.val_batches = validation_batches(PackedSamples(config.data.output_dir, "validation"),
+            self.val_batches = validation_batches(open_samples(config.data.output_dir, "validation"),
                                                   t.micro_batch_size, t.eval_batches * t.grad_accum_steps,
                                                   self.rank, self.world_size)
             self.target_config = hf_config(resolve_shape(config.model), vocab_size,
@@ -180,6 +180,9 @@ class Trainer:
             if self.rank == 0:
                 check_disk_space(self.run_dir, checkpoint_bytes(self.engine), t.keep_checkpoints)
         self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
+        if self.rank == 0:
+            for line in repetition_report(self.train_samples.meta, t.steps * self.engine.train_batch_size()):
+                print(f"[{self.stage.name}] data {line}", flush=True)
         peak_tflops, peak_source = peak_tflops_per_rank(t.peak_tflops, training_dtype(ds))
         if self.rank == 0:
             print(f"[{self.stage.name}] MFU denominator: {peak_tflops:.3g} TFLOPS per rank ({peak_source})", flush=True)

@@ -30,7 +30,7 @@ from pipeline.config import load_config
 def stage_engine(arm: str, config, rank: int, world_size: int, on_phase=lambda name: None):
     """The arm's model and engine built by the stages' own code (the recipe's DeepSpeed config and
     data), and its training batches. `on_phase(name)` is called after the model and after the engine."""
-    from pipeline.data.loader import PackedSamples, TrainBatches
+    from pipeline.data.loader import TrainBatches, open_samples
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.engine import deepspeed_config
     from pipeline.grow import GrowStage
@@ -42,7 +42,7 @@ def stage_engine(arm: str, config, rank: int, world_size: int, on_phase=lambda n
     stage.setup(config)
     schedule = stage.schedule(config)
     ds = deepspeed_config(schedule, world_size, resolve_shape(config.model))
-    samples = PackedSamples(config.data.output_dir, "train")
+    samples = open_samples(config.data.output_dir, "train")
     tokenizer = load_tokenizer(samples.meta["tokenizer"])
     target = hf_config(resolve_shape(config.model), samples.meta["vocab_size"], special_token_ids(tokenizer))
     torch.manual_seed(0)

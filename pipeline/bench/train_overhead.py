@@ -32,7 +32,7 @@ def stage_tokens_per_s(config) -> float:
 
 
 def plain_tokens_per_s(config, warmup: int) -> float:
-    from pipeline.data.loader import PackedSamples, TrainBatches
+    from pipeline.data.loader import TrainBatches, open_samples
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.engine import parameter_groups, warmup_cosine
     from pipeline.models.hf import build_model, hf_config, special_token_ids
@@ -40,7 +40,7 @@ def plain_tokens_per_s(config, warmup: int) -> float:
     from pipeline.train import seed_everything
 
     t = config.train
-    samples = PackedSamples(config.data.output_dir, "train")
+    samples = open_samples(config.data.output_dir, "train")
     target = hf_config(resolve_shape(config.model), samples.meta["vocab_size"],
                        special_token_ids(load_tokenizer(samples.meta["tokenizer"])))
     seed_everything(t.seed)

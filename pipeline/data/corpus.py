@@ -3,6 +3,9 @@
 File sources are split by file (a stable hash of the relative path), so no document straddles the
 split and the split never changes when files are added elsewhere. A single file or a dataset
 without a validation split is split by record index instead.
+
+Documents: a JSONL record; a paragraph of a .txt file (text between empty lines, `data.txt_documents`
+also takes "lines" or "files"); any other text file (.py, .md, .rst) whole.
 """
 
 from __future__ import annotations
@@ -47,19 +50,30 @@ def _split_records(ds: datasets.Dataset, fraction: float) -> datasets.DatasetDic
     val_set = set(val_idx)
     train_idx = [i for i in range(len(ds)) if i not in val_set]
     if not val_idx or not train_idx:
-        raise ConfigError(f"corpus has {len(ds)} record(s): too few to hold out a validation split")
+        raise ConfigError(f"corpus has {len(ds)} record(s): too few to hold out a validation split of "
+                          f"{fraction:g}; give more documents (in a .txt, separate them by empty lines: "
+                          f"data.txt_documents=paragraphs), several files, or a larger data.validation_fraction")
     return datasets.DatasetDict(train=ds.select(train_idx), validation=ds.select(val_idx))
 
 
-def _load_files(files: list[Path], text_field: str) -> datasets.Dataset:
+TXT_SAMPLE_BY = {"paragraphs": "paragraph", "lines": "line", "files": "document"}  # datasets' "text" loader
+
+
+def _load_files(files: list[Path], text_field: str, txt_documents: str) -> datasets.Dataset:
     kinds = {"json" if p.suffix in JSON_SUFFIXES else "text" for p in files}
     if len(kinds) > 1:
         raise ConfigError("data.source mixes text and JSON files; point it at one kind")
-    kind = kinds.pop()
-    paths = [str(p) for p in files]
-    if kind == "text":  # one row per file: a file is a document
-        return datasets.load_dataset("text", data_files=paths, sample_by="document", split="train")
-    return _only_text(datasets.load_dataset("json", data_files=paths, split="train"), text_field)
+    if kinds.pop() == "json":
+        return _only_text(datasets.load_dataset("json", data_files=[str(p) for p in files], split="train"),
+                          text_field)
+    parts = []
+    for sample_by, group in ((TXT_SAMPLE_BY[txt_documents], [p for p in files if p.suffix == ".txt"]),
+                             ("document", [p for p in files if p.suffix != ".txt"])):
+        if group:
+            parts.append(datasets.load_dataset("text", data_files=[str(p) for p in group], sample_by=sample_by,
+                                               split="train"))
+    texts = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return texts.filter(lambda batch: [bool(t.strip()) for t in batch["text"]], batched=True)  # blank lines
 
 
 def _only_text(ds: datasets.Dataset, text_field: str) -> datasets.Dataset:
@@ -77,53 +91,77 @@ def _file_fingerprint(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _from_files(root: Path, files: list[Path], cfg: DataConfig) -> tuple[datasets.DatasetDict, str]:
+def _from_files(root: Path, files: list[Path], text_field: str, cfg: DataConfig) -> tuple[datasets.DatasetDict, str]:
     if not files:
-        raise ConfigError(f"data.source {root} holds no {sorted(TEXT_SUFFIXES | JSON_SUFFIXES)} files")
+        raise ConfigError(f"data source {root} holds no {sorted(TEXT_SUFFIXES | JSON_SUFFIXES)} files")
     if sum(p.stat().st_size for p in files) == 0:
-        raise ConfigError(f"data.source {root}: every file is empty")
+        raise ConfigError(f"data source {root}: every file is empty")
     fingerprint = _file_fingerprint(files)
+    if any(p.suffix == ".txt" for p in files):  # the documents of a .txt depend on how it is divided
+        fingerprint += f":{cfg.txt_documents}"
     if len(files) == 1:
-        return _split_records(_load_files(files, cfg.text_field), cfg.validation_fraction), fingerprint
+        return _split_records(_load_files(files, text_field, cfg.txt_documents), cfg.validation_fraction), fingerprint
     train, val = _split_files(root, files, cfg.validation_fraction)
-    return datasets.DatasetDict(train=_load_files(train, cfg.text_field),
-                                validation=_load_files(val, cfg.text_field)), fingerprint
+    return datasets.DatasetDict(train=_load_files(train, text_field, cfg.txt_documents),
+                                validation=_load_files(val, text_field, cfg.txt_documents)), fingerprint
 
 
-def _from_datasets(obj, cfg: DataConfig) -> datasets.DatasetDict:
+def _from_datasets(obj, text_field: str, cfg: DataConfig) -> datasets.DatasetDict:
     if isinstance(obj, datasets.Dataset):
         obj = datasets.DatasetDict(train=obj)
     if "train" not in obj:
         raise ConfigError(f"dataset has no 'train' split (splits: {list(obj)})")
-    obj = datasets.DatasetDict({name: _only_text(split, cfg.text_field) for name, split in obj.items()})
+    obj = datasets.DatasetDict({name: _only_text(split, text_field) for name, split in obj.items()})
     val_name = next((n for n in ("validation", "valid", "val", "test") if n in obj), None)
     if val_name is None:
         return _split_records(obj["train"], cfg.validation_fraction)
     return datasets.DatasetDict(train=obj["train"], validation=obj[val_name])
 
 
-def load_corpus(cfg: DataConfig) -> tuple[datasets.DatasetDict, str]:
-    """The corpus as train/validation splits, plus a fingerprint that changes when its content may have."""
-    source = cfg.source
+def parse_hf_source(source: str) -> tuple[str, str | None, str | None]:
+    """"hf:<name>[:<config>[:<split>]]" -> (name, config or None, split or None); empty parts are unset."""
+    parts = source[len("hf:"):].split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise ConfigError(f"data source {source!r}: write hf:<name>, hf:<name>:<config> or hf:<name>:<config>:<split> "
+                          f"(hf:<name>::<split> without a config)")
+    name, config, split = (parts + [""] * 3)[:3]
+    return name, config or None, split or None
+
+
+def _from_hf(source: str, text_field: str, cfg: DataConfig) -> datasets.DatasetDict:
+    name, config, split = parse_hf_source(source)
+    loaded = datasets.load_dataset(name, config, split=split)
+    # one named split: the training text, with the validation split held out of it
+    return _from_datasets(datasets.DatasetDict(train=loaded) if split else loaded, text_field, cfg)
+
+
+def load_source(source: str, text_field: str, cfg: DataConfig) -> tuple[datasets.DatasetDict, str]:
+    """One source as train/validation splits, plus a fingerprint that changes when its content may have."""
     if source == "stdlib":
         root, files = stdlib_files()
-        corpus, fingerprint = _from_files(root, files, cfg)
+        corpus, fingerprint = _from_files(root, files, text_field, cfg)
     elif source.startswith("hf:"):
-        corpus = _from_datasets(datasets.load_dataset(source[3:]), cfg)
+        corpus = _from_hf(source, text_field, cfg)
         fingerprint = corpus["train"]._fingerprint + corpus["validation"]._fingerprint
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise ConfigError(f"data.source {source!r} does not exist: give a file, a directory, a saved "
+            raise ConfigError(f"data source {source!r} does not exist: give a file, a directory, a saved "
                               f"`datasets` dir, 'stdlib' or 'hf:<name>'")
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
-            corpus = _from_datasets(datasets.load_from_disk(str(path)), cfg)
+            corpus = _from_datasets(datasets.load_from_disk(str(path)), text_field, cfg)
             fingerprint = corpus["train"]._fingerprint + corpus["validation"]._fingerprint
         else:
             files = [path] if path.is_file() else sorted(
                 p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES | JSON_SUFFIXES)
-            corpus, fingerprint = _from_files(path, files, cfg)
+            corpus, fingerprint = _from_files(path, files, text_field, cfg)
     for name in ("train", "validation"):
         if len(corpus[name]) == 0:
-            raise ConfigError(f"corpus {source!r}: the {name} split is empty")
+            raise ConfigError(f"data source {source!r}: the {name} split is empty (its files hold only blank "
+                              f"text); add text or change data.validation_fraction")
     return corpus, fingerprint
+
+
+def load_corpus(cfg: DataConfig) -> tuple[datasets.DatasetDict, str]:
+    """data.source (the single-source form) as train/validation splits, plus its fingerprint."""
+    return load_source(cfg.source, cfg.text_field, cfg)

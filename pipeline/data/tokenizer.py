@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -24,20 +25,36 @@ USER_SYMBOLS = ["\n", "\t"]
 TRAINING_RECORD = "pipeline_tokenizer.json"
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "SomeOrg/some-model": a model hub name
+
+
 def tokenizer_dir(name_or_path: str) -> Path:
-    """A bare name lives in the project's tokenizers/ directory; anything with a slash is a path."""
-    return Path(name_or_path) if "/" in name_or_path else PROJECT_ROOT / "tokenizers" / name_or_path
+    """A bare name lives in the project's tokenizers/ directory; anything with a slash is a path.
+
+    A hub-style name ("org/model") that is not a local dir is refused: there is no network here, and
+    training a new tokenizer into ./org/model would only surface as a vocabulary mismatch much later."""
+    if "/" not in name_or_path:
+        return PROJECT_ROOT / "tokenizers" / name_or_path
+    path = Path(name_or_path).expanduser()
+    if HUB_ID.fullmatch(name_or_path) and not path.exists():
+        raise ConfigError(f"data.tokenizer={name_or_path!r} is not a local dir (hub names are not downloaded): "
+                          f"download the tokenizer to a dir and pass its path, or give a bare name (no slash) "
+                          f"to train a new tokenizer into tokenizers/<name>")
+    return path
 
 
-def _training_lines(texts: datasets.Dataset, max_chars: int):
-    budget = max_chars
-    for text in texts["text"]:
-        for line in text.split("\n"):
-            if line.strip():
-                yield line
-                budget -= len(line)
-                if budget <= 0:
-                    return
+def _training_lines(texts: list[tuple[datasets.Dataset, int]]):
+    """Non-empty lines of each source's training text, up to that source's character budget."""
+    for split, budget in texts:
+        for text in split["text"]:
+            for line in text.split("\n"):
+                if line.strip():
+                    yield line
+                    budget -= len(line)
+                    if budget <= 0:
+                        break
+            if budget <= 0:
+                break
 
 
 def _as_hf_tokenizer(model_path: Path) -> PreTrainedTokenizerFast:
@@ -56,12 +73,13 @@ def _as_hf_tokenizer(model_path: Path) -> PreTrainedTokenizerFast:
                                    **{f"{role}_token": text for role, text in SPECIALS.items()})
 
 
-def train_tokenizer(train_texts: datasets.Dataset, vocab_size: int, max_chars: int, out_dir: Path,
+def train_tokenizer(train_texts: list[tuple[datasets.Dataset, int]], vocab_size: int, out_dir: Path,
                     record: dict) -> PreTrainedTokenizerFast:
-    """Train on the training split only (validation text must stay unseen) and save into ``out_dir``."""
+    """Train on the training splits only (validation text must stay unseen), each source's up to its
+    character budget, and save into ``out_dir``."""
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_training_lines(train_texts, max_chars), model_writer=proto, vocab_size=vocab_size,
+        sentence_iterator=_training_lines(train_texts), model_writer=proto, vocab_size=vocab_size,
         model_type="bpe", normalization_rule_name="identity", remove_extra_whitespaces=False,
         add_dummy_prefix=False, allow_whitespace_only_pieces=True, split_digits=True, byte_fallback=True,
         user_defined_symbols=USER_SYMBOLS, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
@@ -76,7 +94,7 @@ def train_tokenizer(train_texts: datasets.Dataset, vocab_size: int, max_chars: i
     return tokenizer
 
 
-def load_or_train_tokenizer(name_or_path: str, train_texts: datasets.Dataset, vocab_size: int, max_chars: int,
+def load_or_train_tokenizer(name_or_path: str, train_texts: list[tuple[datasets.Dataset, int]], vocab_size: int,
                             record: dict) -> tuple[PreTrainedTokenizerFast, Path, bool]:
     """Reuse the tokenizer at ``name_or_path`` if it was trained from the same inputs, train it if absent.
 
@@ -90,7 +108,10 @@ def load_or_train_tokenizer(name_or_path: str, train_texts: datasets.Dataset, vo
             raise ConfigError(f"tokenizer {out_dir} was trained from other inputs ({stored}); choose a new "
                               f"data.tokenizer name or delete that directory yourself")
         return load_tokenizer(out_dir), out_dir, False
-    return train_tokenizer(train_texts, vocab_size, max_chars, out_dir, record), out_dir, True
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"data.tokenizer={name_or_path!r}: {out_dir} exists but holds no tokenizer "
+                          f"(tokenizer_config.json); give a tokenizer dir, or a new name to train one")
+    return train_tokenizer(train_texts, vocab_size, out_dir, record), out_dir, True
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
