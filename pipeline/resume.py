@@ -47,8 +47,9 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def breaking_changes(saved: dict, current: dict, unread_sections: tuple[str, ...]) -> list[str]:
     """`key: old -> new` for every change that breaks an exact continuation of a stage that does not
-    read `unread_sections`."""
-    old, new = flatten(saved), flatten(current)
+    read `unread_sections`. A key the saved config lacks (added to the pipeline after it was written)
+    counts as its default: the code that wrote it behaved as the default does."""
+    old, new = {**flatten(Config().to_dict()), **flatten(saved)}, flatten(current)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in HARMLESS_KEYS
                      and k.split(".")[0] not in unread_sections)
     if not any(k not in BATCH_SPLIT_KEYS for k in changed):

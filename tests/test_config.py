@@ -109,6 +109,12 @@ def test_resume_ignores_what_a_stage_does_not_read_and_where_the_run_lives():
     assert breaking_changes(saved, moved, GrowStage.unread_sections) == ["grow.lr: 0.03 -> 0.1"]
     changed_lr = load_config("tiny", ["train.lr=1e-3"]).to_dict()
     assert breaking_changes(saved, changed_lr, PretrainStage.unread_sections) == ["train.lr: 0.002 -> 0.001"]
+    # a run written before a key existed: the missing key counts as its default
+    older = {**saved, "data": {k: v for k, v in saved["data"].items() if k not in ("sources", "txt_documents")}}
+    assert breaking_changes(older, saved, PretrainStage.unread_sections) == []
+    mixture = load_config("tiny", ["data.sources=[{path: a.txt}]", "data.txt_documents=lines"]).to_dict()
+    assert [c.split(":")[0] for c in breaking_changes(older, mixture, PretrainStage.unread_sections)] == \
+        ["data.sources", "data.txt_documents"]
 
 
 def test_loading_a_config_imports_no_model_code():
