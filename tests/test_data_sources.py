@@ -148,10 +148,11 @@ def test_changed_mixture_refuses_the_existing_dir(mixture, tmp_path):
 def test_txt_documents(tmp_path, mode, documents):
     (tmp_path / "a.txt").write_text("one\ntwo\n\nthree\n\n\nfour\n   \nfive\n")
     (tmp_path / "b.py").write_text("x = 1\n\ny = 2\n")  # not .txt: one document whatever the mode
+    (tmp_path / "c.py").write_text("")  # an empty file is still a document (as packed before .txt paragraphs)
     config = load_config("tiny", [f"data.txt_documents={mode}", "data.validation_fraction=0.5"])
     corpus, _ = load_source(str(tmp_path), "text", config.data)
     texts = list(corpus["train"]["text"]) + list(corpus["validation"]["text"])
-    assert len(texts) == documents + 1 and "x = 1\n\ny = 2\n" in texts
+    assert len(texts) == documents + 2 and "x = 1\n\ny = 2\n" in texts and "" in texts
 
 
 def test_too_few_documents_names_the_fix(tmp_path):

@@ -70,10 +70,12 @@ def _load_files(files: list[Path], text_field: str, txt_documents: str) -> datas
     for sample_by, group in ((TXT_SAMPLE_BY[txt_documents], [p for p in files if p.suffix == ".txt"]),
                              ("document", [p for p in files if p.suffix != ".txt"])):
         if group:
-            parts.append(datasets.load_dataset("text", data_files=[str(p) for p in group], sample_by=sample_by,
-                                               split="train"))
-    texts = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    return texts.filter(lambda batch: [bool(t.strip()) for t in batch["text"]], batched=True)  # blank lines
+            texts = datasets.load_dataset("text", data_files=[str(p) for p in group], sample_by=sample_by,
+                                          split="train")
+            if sample_by != "document":  # blank lines and whitespace between paragraphs are not documents
+                texts = texts.filter(lambda batch: [bool(t.strip()) for t in batch["text"]], batched=True)
+            parts.append(texts)
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
 def _only_text(ds: datasets.Dataset, text_field: str) -> datasets.Dataset:
