@@ -84,6 +84,10 @@ class DataConfig:
     """Worker processes for tokenization."""
     order_seed: int = 1234
     """Seed of the global sample permutation (one permutation per epoch)."""
+    start: str = "auto"
+    """Global sample position a fresh run's data order starts at. "auto": after the samples the starting
+    model (train.init_from, grow.donor) was trained on, if the pipeline trained it on this data and order
+    (a grown model then does not re-read its operator's batches), else 0; or an integer."""
 
 
 @dataclass
@@ -415,6 +419,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.vocab_size={d.vocab_size} is too small for a sentencepiece model (use >= 16)")
     if not 0 < d.validation_fraction < 1:
         raise ConfigError(f"data.validation_fraction must be in (0, 1), got {d.validation_fraction}")
+    if d.start != "auto" and not (d.start.isdigit()):
+        raise ConfigError(f"data.start must be auto or a sample position (an integer >= 0), got {d.start!r}")
     if d.txt_documents not in TXT_DOCUMENTS:
         raise ConfigError(f"data.txt_documents must be one of {TXT_DOCUMENTS}, got {d.txt_documents!r}")
     validate_sources(d)

@@ -108,6 +108,9 @@ class GrowStage(PretrainStage):
         if self.recompute == "auto":
             self.recompute = "activations" if config.model.activation_checkpointing else "weights"
 
+    def weights_source(self, config: Config) -> str | None:
+        return config.grow.donor
+
     def schedule(self, config: Config) -> TrainConfig:
         g = config.grow
         return dataclasses.replace(config.train, steps=g.steps, lr=g.lr, warmup_steps=min(g.warmup_steps, g.steps),
@@ -198,6 +201,7 @@ class GrowStage(PretrainStage):
                 {"plan": dataclasses.asdict(self.plan), "donor": trainer.config.grow.donor}, indent=2))
         checkpoint.write_hf_dir(weights, trainer.engine.module.config, trainer.tokenizer, trainer.run_dir / "hf",
                                 trainer.rank)
+        trainer.record_data_position(trainer.run_dir / "hf")
         if trainer.rank == 0:
             self._write_report(trainer, sum(v.numel() for v in trainable.values()), per_rank)
 

@@ -40,6 +40,8 @@ import yaml
 
 from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, parse_stage_args
+from pipeline.data.loader import data_start
+from pipeline.data.packing import read_meta
 from pipeline.engine import WeightMasks, all_reduce_max, end_stage_process, init_distributed, zero_stage
 from pipeline.lottery.masks import (full_masks, load_masks, magnitude_masks, manifest_path,
                                     prunable_names, random_masks_like, save_masks)
@@ -112,6 +114,11 @@ class LotteryRun:
         self.rank, self.world_size = init_distributed()
         self.config_sha256 = hashlib.sha256(config.to_yaml().encode()).hexdigest()
         self.rounds: list[dict] = []
+        # every round replays the dense round's data order (from the rewind step on): one start for all,
+        # decided by the dense round's starting model
+        meta = read_meta(Path(config.data.output_dir))
+        self.data_start = 0 if meta is None else data_start(config.data.start, t.init_from, meta["key"],
+                                                            config.data.order_seed)[0]
 
     def run(self) -> None:
         p = self.config.prune
@@ -196,6 +203,7 @@ class LotteryRun:
             print(f"[prune] {name}: training", flush=True)
         t = self.config.train
         config = dataclasses.replace(self.config, run=dataclasses.replace(self.config.run, dir=str(round_dir)),
+                                     data=dataclasses.replace(self.config.data, start=str(self.data_start)),
                                      train=dataclasses.replace(t, init_from=init_from, seed=seed, save_hf=True))
         stage.name = f"prune {name}"
         Trainer(config, self.resume, stage=stage, overwrite=self.overwrite).fit()

@@ -28,7 +28,8 @@ import torch
 
 from pipeline import __version__, checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
-from pipeline.data.loader import TrainBatches, open_samples, repetition_report, validation_batches
+from pipeline.data.loader import (TrainBatches, data_start, open_samples, repetition_report, validation_batches,
+                                  write_data_position)
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
@@ -111,10 +112,15 @@ class PretrainStage:
             flops += recompute_flops_per_token(resolve_shape(config.model), config.data.seq_len)
         return flops
 
+    def weights_source(self, config: Config) -> str | None:
+        """The model dir a fresh run starts from (its data position decides where data.start=auto begins)."""
+        return config.train.init_from
+
     def export(self, trainer: "Trainer") -> None:
         if trainer.config.train.save_hf:
             checkpoint.save_hf_model(trainer.engine, trainer.engine.module.config, trainer.tokenizer,
                                      trainer.run_dir / "hf", trainer.rank)
+            trainer.record_data_position(trainer.run_dir / "hf")
 
 
 class TrainingHalted(RuntimeError):
@@ -149,8 +155,6 @@ class Trainer:
             if self.train_samples.seq_len != config.data.seq_len:
                 raise ConfigError(f"{config.data.output_dir} was packed with seq_len={self.train_samples.seq_len}, "
                                   f"the recipe says data.seq_len={config.data.seq_len}: re-run prepare")
-            self.batches = TrainBatches(self.train_samples, config.data.order_seed, t.micro_batch_size,
-                                        t.grad_accum_steps, self.rank, self.world_size)
             # eval_batches global batches: the same samples whatever the world size and accumulation split
             self.val_batches = validation_batches(open_samples(config.data.output_dir, "validation"),
                                                   t.micro_batch_size, t.eval_batches * t.grad_accum_steps,
@@ -160,6 +164,16 @@ class Trainer:
             self.resume_from = check_launch(self.run_dir, resume, overwrite, config, self.world_size,
                                             ds["train_batch_size"], self.train_samples.meta["key"],
                                             self.stage.unread_sections)
+            # a resumed run keeps the start it was launched with, whatever its starting model's dir says now
+            self.data_start, why = ((self.resume_from.get("data_start", 0), "the resumed run's")
+                                    if self.resume_from is not None else
+                                    data_start(config.data.start, self.stage.weights_source(config),
+                                               self.train_samples.meta["key"], config.data.order_seed))
+            self.batches = TrainBatches(self.train_samples, config.data.order_seed, t.micro_batch_size,
+                                        t.grad_accum_steps, self.rank, self.world_size, self.data_start)
+        if self.rank == 0 and self.data_start:
+            print(f"[{self.stage.name}] data order starts at sample {self.data_start:,} ({why}; data.start=0 "
+                  f"reads from the beginning)", flush=True)
         # a new world size: ZeRO 1-3 partitions are per rank, so load DeepSpeed's universal form
         self.universal = (self.resume_from is not None and self.resume_from["world_size"] != self.world_size
                           and self.resume_from["zero_stage"] > 0)
@@ -210,6 +224,7 @@ class Trainer:
                 "consumed_tokens": step * self.tokens_per_step, "model_flops": step * self.model_flops_per_step,
                 "train_seconds": self.train_seconds, "world_size": self.world_size,
                 "global_batch": self.engine.train_batch_size(), "data_key": self.train_samples.meta["key"],
+                "data_start": self.data_start,
                 "config": self.config.to_dict(), "config_sha256": hashlib.sha256(self.config.to_yaml().encode()).hexdigest(),
                 "pipeline_version": __version__, "stage": self.stage.name,
                 "zero_stage": self.engine.zero_optimization_stage()}
@@ -294,6 +309,12 @@ class Trainer:
         else:
             self.stage.export(self)
         self.metrics.close()
+
+    def record_data_position(self, model_dir: Path) -> None:
+        """Rank 0 notes in an exported model dir where this run's data order ended."""
+        if self.rank == 0:
+            write_data_position(model_dir, self.train_samples.meta["key"], self.config.data.order_seed,
+                                self.data_start + self.progress["consumed_samples"])
 
     def log(self, step: int, scalars: dict) -> None:
         t = self.schedule

@@ -171,3 +171,22 @@ def test_tokenizers_dir_does_not_shadow_the_library():
     from pipeline.config import PROJECT_ROOT
     assert not (PROJECT_ROOT / "tokenizers" / "__init__.py").exists()
     assert "site-packages" in tokenizers.__file__
+
+
+def test_data_start_continues_after_the_starting_models_samples(prepared, tmp_path):
+    from pipeline.data.loader import data_start, write_data_position
+    _, config, _ = prepared
+    write_data_position(tmp_path, "key-a", 5, 640)
+    assert data_start("auto", str(tmp_path), "key-a", 5)[0] == 640
+    assert data_start("auto", str(tmp_path), "key-b", 5)[0] == 0  # other data
+    assert data_start("auto", str(tmp_path), "key-a", 6)[0] == 0  # another order
+    assert data_start("auto", str(tmp_path / "no-record"), "key-a", 5)[0] == 0
+    assert data_start("auto", None, "key-a", 5)[0] == 0
+    assert data_start("12", str(tmp_path), "key-a", 5)[0] == 12  # an explicit start wins
+    samples = PackedSamples(config.data.output_dir, "train")
+    late = TrainBatches(samples, 7, micro_batch=4, grad_accum=2, rank=1, world_size=2, start=3 * 16)
+    early = TrainBatches(samples, 7, micro_batch=4, grad_accum=2, rank=1, world_size=2)
+    assert np.array_equal(late.batch(0, 1).numpy(), early.batch(3, 1).numpy())
+    for bad in ("-1", "soon"):
+        with pytest.raises(ConfigError, match="data.start must be auto or a sample position"):
+            load_config("tiny", [f"data.start={bad}"])

@@ -289,6 +289,11 @@ def test_two_node_job_grows_then_trains_and_resumes(prepared, donor, tmp_path):
     report = json.loads((tmp_path / "grow" / "report.json").read_text())
     assert len(report["operator_parameters_per_rank"]) == 2
     assert report["val_loss_heuristic_init"] == pytest.approx(report["val_loss_donor"], rel=1e-5)
+    # the operator read the data after the donor's samples, and the grown model's training reads after the
+    # operator's (data.start=auto): 4 steps x 8 samples x 2 ranks
+    donor_end = json.loads((donor / "data_position.json").read_text())["next_position"]
+    grow_end = json.loads((tmp_path / "grow" / "hf" / "data_position.json").read_text())["next_position"]
+    assert donor_end == 30 * 16 and grow_end == donor_end + 4 * 16
 
     overrides = [*data_overrides(root), "model.size=llama-micro", f"train.init_from={tmp_path / 'grow' / 'hf'}",
                  "train.steps=6", "train.warmup_steps=2", "train.eval_interval=3", "train.eval_batches=2",
@@ -300,6 +305,8 @@ def test_two_node_job_grows_then_trains_and_resumes(prepared, donor, tmp_path):
     run_deepspeed(["--module", "pipeline.train", "--config", "tiny", f"run.dir={one_node}", *overrides])
     assert _deterministic(read_metrics(two_nodes)) == _deterministic(read_metrics(one_node))
     assert (two_nodes / "hf" / "model.safetensors").exists()
+    assert json.loads((two_nodes / "checkpoints" / "step6" / "progress.json").read_text())["data_start"] == grow_end
+    assert json.loads((two_nodes / "hf" / "data_position.json").read_text())["next_position"] == grow_end + 6 * 16
 
 
 def test_zero3_init_from_reads_each_ranks_partition(prepared, donor, tmp_path):

@@ -169,6 +169,7 @@ class Bench:
             value = saved[section][key]
             if value and Path(value).is_relative_to(old_out):
                 saved[section][key] = str(self.out / Path(value).relative_to(old_out))
+        saved["data"].setdefault("start", "0")  # stages written before data.start read the order from 0
         return saved
 
     def donor_shape(self) -> list[str]:
@@ -187,8 +188,10 @@ class Bench:
                 f"train.checkpoint_interval={steps}"]
 
     def seed_overrides(self, seed: int) -> list[str]:
+        """Seed s shifts the init and data-order seeds. Every stage reads the order from its beginning
+        (data.start=0, not after its starting model's samples): the arms differ only in their start."""
         c = self.config
-        return [f"train.seed={c.train.seed + seed}", f"data.order_seed={c.data.order_seed + seed}"]
+        return [f"train.seed={c.train.seed + seed}", f"data.order_seed={c.data.order_seed + seed}", "data.start=0"]
 
     def donor(self, seed: int) -> tuple[Path, dict]:
         """Pretrain the seed's donor; returns its HF dir and its cost."""

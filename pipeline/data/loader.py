@@ -19,6 +19,7 @@ ranks' slices are disjoint and together cover the step's batch.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -179,10 +180,37 @@ def repetition_report(meta: dict, samples_drawn: int) -> list[str]:
             f"{s['weight'] * samples_drawn / s['splits']['train']['samples']:.2f} times" for s in sources]
 
 
+DATA_POSITION = "data_position.json"  # in a model dir the pipeline wrote: where its training data order ended
+
+
+def write_data_position(model_dir: Path, data_key: str, order_seed: int, next_position: int) -> None:
+    (Path(model_dir) / DATA_POSITION).write_text(json.dumps(
+        {"data_key": data_key, "order_seed": order_seed, "next_position": next_position}, indent=2))
+
+
+def data_start(setting: str, model_dir: str | None, data_key: str, order_seed: int) -> tuple[int, str]:
+    """The global position a fresh run's data order starts at, and why. ``setting`` is data.start: an
+    integer, or "auto": after the samples the run's starting model (train.init_from, grow.donor) was
+    trained on, when the pipeline trained it on this data in this order (so a grown model does not
+    re-read the batches its operator was fitted on); otherwise 0."""
+    if setting != "auto":
+        return int(setting), f"data.start={setting}"
+    if model_dir is None:
+        return 0, "a new model"
+    path = Path(model_dir) / DATA_POSITION
+    if not path.exists():
+        return 0, f"{model_dir} has no record of its training data"
+    record = json.loads(path.read_text())
+    if record["data_key"] != data_key or record["order_seed"] != order_seed:
+        return 0, f"{model_dir} was trained on other data or in another order (data.order_seed)"
+    return record["next_position"], f"after the {record['next_position']:,} samples {model_dir} was trained on"
+
+
 def micro_batch_positions(step: int, micro_step: int, rank: int, micro_batch: int, grad_accum: int,
-                          world_size: int) -> range:
-    """Global positions read by ``rank`` at (optimizer ``step``, ``micro_step``)."""
-    start = step * micro_batch * grad_accum * world_size + (micro_step * world_size + rank) * micro_batch
+                          world_size: int, start: int = 0) -> range:
+    """Global positions read by ``rank`` at (optimizer ``step``, ``micro_step``), the run's order
+    beginning at position ``start``."""
+    start += step * micro_batch * grad_accum * world_size + (micro_step * world_size + rank) * micro_batch
     return range(start, start + micro_batch)
 
 
@@ -190,10 +218,10 @@ class TrainBatches:
     """Micro-batches for one data-parallel rank, addressed by (step, micro_step)."""
 
     def __init__(self, samples: PackedSamples | SampleMixture, order_seed: int, micro_batch: int, grad_accum: int,
-                 rank: int, world_size: int):
+                 rank: int, world_size: int, start: int = 0):
         self.samples = samples
         self.order = samples.order(order_seed)
-        self.layout = dict(micro_batch=micro_batch, grad_accum=grad_accum, world_size=world_size)
+        self.layout = dict(micro_batch=micro_batch, grad_accum=grad_accum, world_size=world_size, start=start)
         self.rank = rank
 
     def batch(self, step: int, micro_step: int) -> torch.Tensor:
