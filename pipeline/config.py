@@ -27,7 +27,7 @@ from pipeline.errors import ConfigError
 from pipeline.lottery import CONTROLS, DEFAULT_INCLUDE, MODES, STRATEGIES
 from pipeline.growth.schemes import (DEPTH_COEFFICIENTS, DEPTH_SCHEMES, NEW_LAYER_PLACEMENTS, RECOMPUTE_MODES,
                                      WIDTH_SCHEMES)
-from pipeline.models.sizes import resolve_shape
+from pipeline.models.sizes import FAMILY_BASE_SIZE, SHAPE_FIELDS, ModelShape, resolve_shape, shape_from_hf
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 TXT_DOCUMENTS = ("paragraphs", "lines", "files")
@@ -90,21 +90,27 @@ class DataConfig:
     (a grown model then does not re-read its operator's batches), else 0; or an integer."""
 
 
+ShapeValue = typing.Optional[typing.Union[int, str]]  # an int, or "<factor>x" relative to the grow stage's donor
+
+
 @dataclass
 class ModelConfig:
-    size: str = "llama-micro"
-    """Named size from pipeline/models/sizes.py (family and shape); fields below override it."""
-    layers: typing.Optional[int] = None
-    """Number of transformer blocks."""
-    hidden: typing.Optional[int] = None
+    size: typing.Optional[str] = None
+    """Named size from pipeline/models/sizes.py (family and shape); fields below override it. Unset: the
+    checkpoint's shape when train.init_from is set and no field below is, else llama-micro."""
+    layers: ShapeValue = None
+    """Number of transformer blocks. Each shape field also takes "<factor>x" (e.g. 2x, 1.5x): that many
+    times the grow stage's donor (grow.donor), rounded; with model.size unset, the fields left unset are
+    the donor's too."""
+    hidden: ShapeValue = None
     """Residual stream width."""
-    heads: typing.Optional[int] = None
+    heads: ShapeValue = None
     """Attention (query) heads."""
-    kv_heads: typing.Optional[int] = None
+    kv_heads: ShapeValue = None
     """Key/value heads (LLaMA grouped-query attention; must divide heads; GPT-2 requires == heads)."""
-    ffn: typing.Optional[int] = None
+    ffn: ShapeValue = None
     """MLP hidden width."""
-    max_positions: typing.Optional[int] = None
+    max_positions: ShapeValue = None
     """Longest sequence the model accepts."""
     activation_checkpointing: bool = False
     """Recompute block activations in backward (less memory, ~1/3 more compute)."""
@@ -344,7 +350,12 @@ def _coerce(value, annotation, where: str):
         if value is None and type(None) in typing.get_args(annotation):
             return None
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        for option in inner[:-1]:  # the first type that takes the value
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], where)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
@@ -387,8 +398,43 @@ def load_config(recipe: str, overrides: list[str] | None = None) -> Config:
     """Recipe name or path + dotted overrides -> a validated ``Config``."""
     tree = _merge(_read_recipe(recipe), parse_overrides(overrides or []))
     config = _build(Config, tree, "")
+    config.model = shape_from_checkpoints(config)
     validate(config)
     return config
+
+
+def _checkpoint_shape(model_dir: str, key: str) -> ModelShape:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{key}={model_dir} has no config.json: give the HF model dir")
+    return shape_from_hf(json.loads(path.read_text()))
+
+
+def shape_from_checkpoints(config: Config) -> ModelConfig:
+    """The model section with what it leaves to checkpoints filled in (JSON reads only): an unset shape
+    from train.init_from's config.json, "<factor>x" fields from grow.donor's."""
+    m = config.model
+    fields = {name: getattr(m, name) for name in SHAPE_FIELDS}
+    relative = {name: v for name, v in fields.items() if isinstance(v, str)}
+    if config.train.init_from and m.size is None and all(v is None for v in fields.values()):
+        shape = _checkpoint_shape(config.train.init_from, "train.init_from")
+        return dataclasses.replace(m, size=FAMILY_BASE_SIZE[shape.family],
+                                   **{name: getattr(shape, name) for name in SHAPE_FIELDS})
+    if not relative:
+        return m
+    if not config.grow.donor:
+        raise ConfigError(f"model.{', model.'.join(relative)} = {', '.join(relative.values())} is relative to the "
+                          f"donor: set grow.donor (or give the size in numbers)")
+    donor = _checkpoint_shape(config.grow.donor, "grow.donor")
+    resolved = {}
+    for name, value in relative.items():
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)x", value.strip())
+        if match is None:
+            raise ConfigError(f"model.{name}={value!r}: give an integer or a factor of the donor's like 2x or 1.5x")
+        resolved[name] = round(float(match.group(1)) * getattr(donor, name))
+    if m.size is None:  # no named size: the donor's shape is the base, the fields say what changes
+        resolved = {**{name: getattr(donor, name) for name, v in fields.items() if v is None}, **resolved}
+    return dataclasses.replace(m, size=m.size or FAMILY_BASE_SIZE[donor.family], **resolved)
 
 
 def parse_stage_args(description: str, argv: list[str] | None = None,

@@ -102,6 +102,7 @@ class GrowStage(PretrainStage):
         check_plan(self.plan)
         check_donor_tokenizer(g.donor, self.donor_config.vocab_size, config.data.output_dir)
         if int(os.environ.get("RANK", "0")) == 0:
+            print(f"[grow] donor {self.plan.donor} -> target {self.plan.target}", flush=True)
             for note in lossy_choices(self.plan):
                 print(f"[grow] warning: grow.{note}", flush=True)
         self.recompute = g.recompute

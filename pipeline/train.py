@@ -83,7 +83,8 @@ class PretrainStage:
                               f"{target_config.vocab_size}: use the tokenizer the model was trained with")
         if init_from and shape_of(model_config) != resolve_shape(config.model):
             raise ConfigError(f"train.init_from holds a {shape_of(model_config)}, the recipe's model section says "
-                              f"{resolve_shape(config.model)}: set model.size (and overrides) to the checkpoint's shape")
+                              f"{resolve_shape(config.model)}: leave the shape to the checkpoint (model.size=null and no other "
+                              f"model.* shape keys) or set it to the checkpoint's")
         partitioned = zero_stage(ds) == 3
         with model_construction(ds):
             # under ZeRO-3 each rank reads only its partitions of the checkpoint (checkpoint.load_hf_partitions)

@@ -5,6 +5,7 @@ import pytest
 from pipeline.config import (Config, ConfigError, check_batch_triad, load_config, load_deepspeed_json,
                              parse_overrides, recipe_names)
 from pipeline.config import PROJECT_ROOT
+from pipeline.models.sizes import ModelShape, resolve_shape
 
 
 def test_every_recipe_loads_and_round_trips(tmp_path):
@@ -144,3 +145,33 @@ def test_auto_zero_sizes_are_filled_from_the_model_shape(tmp_path):
     with pytest.raises(ConfigError, match='elastic_checkpoint: "auto" is supported for'):
         deepspeed_config(load_config("tiny", [f"train.deepspeed_config={custom}"]).train, 2, shape)
     assert auto_zero_size("allgather_bucket_size", shape) == 768 ** 2
+
+
+def test_shapes_from_checkpoints(tmp_path):
+    """train.init_from with no shape in the recipe takes the checkpoint's; "<factor>x" fields are relative to
+    grow.donor; a set shape is kept (the train stage then checks it against the checkpoint)."""
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({
+        "model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9,
+        "num_key_value_heads": 3, "intermediate_size": 1536, "max_position_embeddings": 2048, "head_dim": 64}))
+    taken = load_config("tiny", [f"train.init_from={llama}", "model.size=null"]).model
+    assert resolve_shape(taken) == ModelShape("llama", 30, 576, 9, 3, 1536, 2048)
+    kept = load_config("tiny", [f"train.init_from={llama}"]).model  # the recipe's llama-micro: checked later
+    assert resolve_shape(kept).hidden == 256
+    grown = load_config("tiny", [f"grow.donor={llama}", "model.size=null", "model.layers=32", "model.hidden=1.6667x",
+                                 "model.heads=15", "model.kv_heads=5", "model.ffn=1.6667x"]).model
+    assert resolve_shape(grown) == ModelShape("llama", 32, 960, 15, 5, 2560, 2048)
+    doubled = load_config("tiny", [f"grow.donor={llama}", "model.layers=2x"]).model
+    assert resolve_shape(doubled).layers == 60 and doubled.size == "llama-micro"  # a set size stays the base
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 128, "n_head": 4,
+                                                  "n_inner": None, "n_positions": 512}))
+    assert resolve_shape(load_config("tiny", [f"train.init_from={gpt2}", "model.size=null"]).model) == \
+        ModelShape("gpt2", 2, 128, 4, 4, 512, 512)
+    for overrides, message in [(["model.hidden=2x"], "relative to the donor: set grow.donor"),
+                               ([f"grow.donor={llama}", "model.hidden=twice"], "like 2x or 1.5x"),
+                               ([f"train.init_from={tmp_path}", "model.size=null"], "has no config.json")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("tiny", overrides)

@@ -49,12 +49,11 @@ from pipeline.grow import GrowStage
 from pipeline.growth.schemes import DEPTH_SCHEMES, WIDTH_SCHEMES
 from pipeline.metrics import read_metrics
 from pipeline.models.hf import save_initialized_model
-from pipeline.models.sizes import resolve_shape
+from pipeline.models.sizes import SHAPE_FIELDS, resolve_shape
 from pipeline.resume import breaking_changes
 from pipeline.train import PretrainStage
 
 OFFICIAL_INIT = "noisy_stack+random"  # VITA-Group/LiGO's --fuse_init_scheme stackbert_noisy rand
-SHAPE_FIELDS = ("layers", "hidden", "heads", "kv_heads", "ffn", "max_positions")
 
 
 @dataclass(frozen=True)

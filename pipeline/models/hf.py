@@ -15,7 +15,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
 
 from pipeline.errors import ConfigError
-from pipeline.models.sizes import ModelShape
+from pipeline.models.sizes import ModelShape, shape_from_hf
 
 
 def special_token_ids(tokenizer) -> dict:
@@ -39,17 +39,7 @@ def hf_config(shape: ModelShape, vocab_size: int, token_ids: dict, init_std: flo
 
 def shape_of(config: PretrainedConfig) -> ModelShape:
     """Our shape of an HF GPT-2 or LLaMA config (e.g. a donor checkpoint's)."""
-    if config.model_type == "gpt2":
-        return ModelShape("gpt2", layers=config.n_layer, hidden=config.n_embd, heads=config.n_head,
-                          kv_heads=config.n_head, ffn=config.n_inner or 4 * config.n_embd,
-                          max_positions=config.n_positions)
-    head_dim = getattr(config, "head_dim", None)
-    if head_dim not in (None, config.hidden_size // config.num_attention_heads):
-        raise ConfigError(f"LLaMA config with head_dim={head_dim} != hidden/heads is not supported")
-    return ModelShape("llama", layers=config.num_hidden_layers, hidden=config.hidden_size,
-                      heads=config.num_attention_heads,
-                      kv_heads=config.num_key_value_heads or config.num_attention_heads,
-                      ffn=config.intermediate_size, max_positions=config.max_position_embeddings)
+    return shape_from_hf(config.to_dict())
 
 
 def resized_config(config: PretrainedConfig, shape: ModelShape) -> PretrainedConfig:

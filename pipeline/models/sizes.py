@@ -44,13 +44,36 @@ SIZES: dict[str, ModelShape] = {
 }
 
 
+SHAPE_FIELDS = ("layers", "hidden", "heads", "kv_heads", "ffn", "max_positions")
+DEFAULT_SIZE = "llama-micro"  # an unset model.size without a checkpoint to take the shape from
+FAMILY_BASE_SIZE = {"llama": "llama-nano", "gpt2": "gpt2-nano"}  # the family of a shape read from a checkpoint
+
+
+def shape_from_hf(config: dict) -> ModelShape:
+    """Our shape of an HF GPT-2 or LLaMA config.json (as a dict)."""
+    kind = config.get("model_type")
+    if kind == "gpt2":
+        return ModelShape("gpt2", layers=config["n_layer"], hidden=config["n_embd"], heads=config["n_head"],
+                          kv_heads=config["n_head"], ffn=config.get("n_inner") or 4 * config["n_embd"],
+                          max_positions=config["n_positions"])
+    if kind != "llama":
+        raise ConfigError(f"model_type {kind!r} is not supported: GPT-2 and LLaMA-family checkpoints are")
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim")
+    if head_dim not in (None, config["hidden_size"] // heads):
+        raise ConfigError(f"LLaMA config with head_dim={head_dim} != hidden/heads is not supported")
+    return ModelShape("llama", layers=config["num_hidden_layers"], hidden=config["hidden_size"], heads=heads,
+                      kv_heads=config.get("num_key_value_heads") or heads, ffn=config["intermediate_size"],
+                      max_positions=config["max_position_embeddings"])
+
+
 def resolve_shape(model) -> ModelShape:
     """Named size + explicit overrides (a config.ModelConfig) -> a checked shape."""
-    if model.size not in SIZES:
-        raise ConfigError(f"model.size={model.size!r} is not a known size; choose one of {sorted(SIZES)}")
-    overrides = {name: getattr(model, name) for name in ("layers", "hidden", "heads", "kv_heads", "ffn",
-                                                         "max_positions") if getattr(model, name) is not None}
-    shape = replace(SIZES[model.size], **overrides)
+    size = model.size or DEFAULT_SIZE
+    if size not in SIZES:
+        raise ConfigError(f"model.size={size!r} is not a known size; choose one of {sorted(SIZES)}")
+    overrides = {name: getattr(model, name) for name in SHAPE_FIELDS if getattr(model, name) is not None}
+    shape = replace(SIZES[size], **overrides)
     if shape.family == "gpt2" and "heads" in overrides and "kv_heads" not in overrides:
         shape = replace(shape, kv_heads=shape.heads)
     for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "max_positions"):
