@@ -8,12 +8,16 @@ ragged tail is dropped. `meta.json` is written last, so its presence means the f
 
 from __future__ import annotations
 
+import itertools
 import json
+import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import datasets
 import numpy as np
+from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError
 
@@ -30,30 +34,60 @@ def adds_bos(tokenizer) -> bool:
     return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
 
 
-def _tokenize(split: datasets.Dataset, tokenizer, num_proc: int, name: str) -> datasets.Dataset:
-    # special tokens are placed here, not by the template: EOS always ends a document (packing needs the
-    # boundary), and literal "</s>" in the text stays text
-    eos, bos = [tokenizer.eos_token_id], [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
-
-    def encode(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        ids = [bos + doc + eos for doc in ids]
-        return {"ids": ids, "length": [len(doc) for doc in ids]}
-
-    return split.map(encode, batched=True, batch_size=64, remove_columns=split.column_names,
-                     num_proc=min(num_proc, len(split)), desc=f"tokenizing {name}")
+DOCUMENTS_PER_TASK = 256  # a worker's unit of work: small enough to keep every worker busy and memory flat
 
 
-def _write_tokens(tokenized: datasets.Dataset, path: Path, dtype: np.dtype) -> int:
-    total = int(np.sum(tokenized["length"], dtype=np.int64))
-    out = np.memmap(path, dtype=dtype, mode="w+", shape=(max(total, 1),))
-    offset = 0
-    for batch in tokenized.iter(batch_size=1024):
-        flat = np.concatenate([np.asarray(doc, dtype=dtype) for doc in batch["ids"]])
-        out[offset:offset + len(flat)] = flat
-        offset += len(flat)
-    out.flush()
-    del out
+class _Encoder:
+    """Tokenizes a range of a split's documents into one flat token array: [BOS] doc EOS, [BOS] doc EOS, ...
+    Special tokens are placed here, not by the template: EOS always ends a document (packing needs the
+    boundary), BOS starts it when the tokenizer's own template would add one, and literal "</s>" in the
+    text stays text."""
+
+    def __init__(self, split: datasets.Dataset, tokenizer, dtype: np.dtype):
+        self.split, self.tokenizer, self.dtype = split, tokenizer, dtype
+        self.bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
+        self.eos = [tokenizer.eos_token_id]
+
+    def __call__(self, bounds: tuple[int, int]) -> np.ndarray:
+        texts = self.split[bounds[0]:bounds[1]]["text"]
+        docs = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        count = sum(len(doc) for doc in docs) + len(docs) * (len(self.bos) + 1)
+        return np.fromiter(itertools.chain.from_iterable(self.bos + doc + self.eos for doc in docs), self.dtype, count)
+
+
+_worker_encoder: _Encoder | None = None
+
+
+def _start_worker(encoder: _Encoder) -> None:
+    global _worker_encoder
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already; no threads inside each
+    _worker_encoder = encoder
+
+
+def _encode_in_worker(bounds: tuple[int, int]) -> np.ndarray:
+    return _worker_encoder(bounds)
+
+
+def _write_tokens(split: datasets.Dataset, tokenizer, dtype: np.dtype, num_proc: int, path: Path, name: str) -> int:
+    """Tokenize ``split`` on ``num_proc`` worker processes and write its tokens, in document order, to one
+    flat file. Memory stays bounded whatever the corpus size: workers take DOCUMENTS_PER_TASK documents
+    at a time and the writer appends each result as it arrives, in order."""
+    encoder = _Encoder(split, tokenizer, dtype)
+    tasks = [(i, min(i + DOCUMENTS_PER_TASK, len(split))) for i in range(0, len(split), DOCUMENTS_PER_TASK)]
+    workers = min(num_proc, len(tasks))
+    pool = (multiprocessing.get_context("fork").Pool(workers, _start_worker, (encoder,)) if workers > 1 else None)
+    total, start = 0, time.perf_counter()
+    try:
+        results = pool.imap(_encode_in_worker, tasks) if pool else map(encoder, tasks)
+        with open(path, "wb") as out, tqdm(total=len(split), unit="doc", desc=f"tokenizing {name}") as bar:
+            for (first, last), tokens in zip(tasks, results):
+                out.write(tokens.tobytes())
+                total += len(tokens)
+                bar.update(last - first)
+                bar.set_postfix_str(f"{total / max(time.perf_counter() - start, 1e-9):,.0f} tokens/s")
+    finally:
+        if pool:
+            pool.terminate()
     return total
 
 
@@ -69,8 +103,7 @@ def pack_corpus(corpus: datasets.DatasetDict, tokenizer, seq_len: int, num_proc:
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(meta, dtype=dtype.name, seq_len=seq_len, vocab_size=len(tokenizer), bos=adds_bos(tokenizer), splits={})
     for name in ("train", "validation"):
-        tokenized = _tokenize(corpus[name], tokenizer, num_proc, name)
-        n_tokens = _write_tokens(tokenized, out_dir / f"{name}.bin", dtype)
+        n_tokens = _write_tokens(corpus[name], tokenizer, dtype, num_proc, out_dir / f"{name}.bin", name)
         n_samples = n_tokens // seq_len
         if n_samples == 0:
             raise ConfigError(f"the {name} split of {meta['source']!r} has {n_tokens} tokens, fewer than one sample of "
