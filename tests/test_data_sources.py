@@ -239,3 +239,13 @@ def test_training_on_a_mixture_resumes_exactly(mixture, tmp_path):
     reference = read_metrics(tmp_path / "whole")
     assert [r["train/loss"] for r in reference if "train/loss" in r][-1] < reference[1]["train/loss"]
     assert _deterministic(read_metrics(tmp_path / "parts")) == _deterministic(reference)
+
+
+def test_a_dir_without_a_tokenizer_is_not_trained_into(tmp_path):
+    mine = tmp_path / "my-notes"
+    mine.mkdir()
+    (mine / "notes.md").write_text("my own files")
+    config = load_config("tiny", [f"data.tokenizer={mine}", f"data.output_dir={tmp_path}/out"])
+    with pytest.raises(ConfigError, match="exists but holds no tokenizer"):
+        prepare(config)
+    assert [p.name for p in mine.iterdir()] == ["notes.md"] and not (tmp_path / "out").exists()

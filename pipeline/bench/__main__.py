@@ -6,6 +6,7 @@
     python -m pipeline.bench train_overhead --config tiny      train stage vs a plain PyTorch loop
     python -m pipeline.bench memory --config tiny              peak memory per rank vs ZeRO's theory
     python -m pipeline.bench lottery --config tiny             IMP tickets vs dense vs controls, over seeds
+    python -m pipeline.bench packing --config tiny             prepare's tokens/s vs the bare fast tokenizer
 
 `python -m pipeline.bench <name> --help` describes each.
 """
@@ -13,7 +14,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("growth", "grow_cost", "train_overhead", "memory", "lottery")
+BENCHMARKS = ("growth", "grow_cost", "train_overhead", "memory", "lottery", "packing")
 
 if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
     sys.exit(f"usage: python -m pipeline.bench {{{','.join(BENCHMARKS)}}} [options]\n\n{__doc__}")

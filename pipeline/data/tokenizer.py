@@ -31,15 +31,17 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "SomeOrg/some-model": a mo
 def tokenizer_dir(name_or_path: str) -> Path:
     """A bare name lives in the project's tokenizers/ directory; anything with a slash is a path.
 
-    A hub-style name ("org/model") that is not a local dir is refused: there is no network here, and
-    training a new tokenizer into ./org/model would only surface as a vocabulary mismatch much later."""
-    if "/" not in name_or_path:
-        return PROJECT_ROOT / "tokenizers" / name_or_path
-    path = Path(name_or_path).expanduser()
+    Refused: a hub-style name ("org/model") that is not a local dir (there is no network here, and
+    training a new tokenizer into ./org/model would only surface as a vocabulary mismatch much later),
+    and a non-empty dir without a tokenizer (a new one would be trained into the user's files)."""
+    path = PROJECT_ROOT / "tokenizers" / name_or_path if "/" not in name_or_path else Path(name_or_path).expanduser()
     if HUB_ID.fullmatch(name_or_path) and not path.exists():
         raise ConfigError(f"data.tokenizer={name_or_path!r} is not a local dir (hub names are not downloaded): "
                           f"download the tokenizer to a dir and pass its path, or give a bare name (no slash) "
                           f"to train a new tokenizer into tokenizers/<name>")
+    if path.is_dir() and any(path.iterdir()) and not (path / "tokenizer_config.json").exists():
+        raise ConfigError(f"data.tokenizer={name_or_path!r}: {path} exists but holds no tokenizer "
+                          f"(tokenizer_config.json); give a tokenizer dir, or a new name to train one")
     return path
 
 
@@ -108,9 +110,6 @@ def load_or_train_tokenizer(name_or_path: str, train_texts: list[tuple[datasets.
             raise ConfigError(f"tokenizer {out_dir} was trained from other inputs ({stored}); choose a new "
                               f"data.tokenizer name or delete that directory yourself")
         return load_tokenizer(out_dir), out_dir, False
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"data.tokenizer={name_or_path!r}: {out_dir} exists but holds no tokenizer "
-                          f"(tokenizer_config.json); give a tokenizer dir, or a new name to train one")
     return train_tokenizer(train_texts, vocab_size, out_dir, record), out_dir, True
 
 
