@@ -4,9 +4,11 @@
 #   bash launch/lock.sh     # after upgrading a package in .venv and running the tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
+frozen=$(.venv/bin/python -m pip freeze --exclude-editable | grep -v "^#")  # fails before anything is written
 {
   echo "# Versions the test suite last passed with (bash launch/lock.sh writes this; launch/setup.sh reads it)."
   # the local build label (+cpu) is dropped: "torch==2.13.0" also admits the CUDA build of that version
-  .venv/bin/python -m pip freeze --exclude-editable 2>/dev/null | grep -v "^#" | sed -E 's/^(torch==[^+]*)\+.*/\1/'
-} > launch/constraints.txt
+  echo "$frozen" | sed -E 's/^(torch==[^+]*)\+.*/\1/'
+} > launch/constraints.txt.tmp
+mv launch/constraints.txt.tmp launch/constraints.txt
 echo "wrote launch/constraints.txt ($(grep -vc '^#' launch/constraints.txt) packages)"

@@ -13,7 +13,7 @@ CONSTRAINTS=launch/constraints.txt
 if [ -n "${TORCH_SPEC:-}" ]; then
   .venv/bin/python -m pip install -q $TORCH_SPEC
   # the torch build chosen above wins over the locked one
-  CONSTRAINTS=$(mktemp) && grep -v "^torch==" launch/constraints.txt > "$CONSTRAINTS"
+  CONSTRAINTS=$(mktemp) && trap 'rm -f "$CONSTRAINTS"' EXIT && grep -v "^torch==" launch/constraints.txt > "$CONSTRAINTS"
 else
   .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q -c "$CONSTRAINTS" torch
 fi

@@ -27,10 +27,14 @@ from pipeline.errors import ConfigError
 from pipeline.lottery import CONTROLS, DEFAULT_INCLUDE, MODES, STRATEGIES
 from pipeline.growth.schemes import (DEPTH_COEFFICIENTS, DEPTH_SCHEMES, NEW_LAYER_PLACEMENTS, RECOMPUTE_MODES,
                                      WIDTH_SCHEMES)
-from pipeline.models.sizes import FAMILY_BASE_SIZE, SHAPE_FIELDS, ModelShape, resolve_shape, shape_from_hf
+from pipeline.models.sizes import (DEFAULT_SIZE, FAMILY_BASE_SIZE, SHAPE_FIELDS, ModelShape, resolve_shape,
+                                  shape_from_hf)
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 TXT_DOCUMENTS = ("paragraphs", "lines", "files")
+BLEND_BLOCK = 8192  # a mixture's order deals samples in blocks this long, every source's share exact per block
+SHAPE_WHERE = {f"model.{name}" for name in SHAPE_FIELDS}
+RELATIVE_SHAPE = re.compile(r"\d+(\.\d+)?x")  # model.hidden=1.5x: a factor of the grow stage's donor
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -96,12 +100,11 @@ ShapeValue = typing.Optional[typing.Union[int, str]]  # an int, or "<factor>x" r
 @dataclass
 class ModelConfig:
     size: typing.Optional[str] = None
-    """Named size from pipeline/models/sizes.py (family and shape); fields below override it. Unset: the
-    checkpoint's shape when train.init_from is set and no field below is, else llama-micro."""
+    """Named size from pipeline/models/sizes.py (family and shape); fields below override it. Unset
+    (null): the shape of train.init_from's checkpoint, else of grow.donor's, else llama-micro."""
     layers: ShapeValue = None
     """Number of transformer blocks. Each shape field also takes "<factor>x" (e.g. 2x, 1.5x): that many
-    times the grow stage's donor (grow.donor), rounded; with model.size unset, the fields left unset are
-    the donor's too."""
+    times the grow stage's donor (grow.donor), rounded."""
     hidden: ShapeValue = None
     """Residual stream width."""
     heads: ShapeValue = None
@@ -350,12 +353,14 @@ def _coerce(value, annotation, where: str):
         if value is None and type(None) in typing.get_args(annotation):
             return None
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-        for option in inner[:-1]:  # the first type that takes the value
+        for option in inner:  # the first type that takes the value
             try:
                 return _coerce(value, option, where)
             except ConfigError:
                 pass
-        return _coerce(value, inner[-1], where)
+        names = ("an integer or a factor of the donor's like 1.5x" if where in SHAPE_WHERE
+                 else " or ".join(a.__name__ for a in inner))
+        raise ConfigError(f"{where}: expected {names}, got {value!r} ({type(value).__name__})")
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
@@ -363,7 +368,7 @@ def _coerce(value, annotation, where: str):
             return float(value)
         except ValueError:
             pass
-    if annotation is str and type(value) in (int, float):  # e.g. prune.sparsities=0.5: a one-item list
+    if annotation is str and type(value) in (int, float) and where not in SHAPE_WHERE:  # prune.sparsities=0.5
         return str(value)
     if annotation in (int, float, str, bool) and type(value) is annotation:
         return value
@@ -411,30 +416,32 @@ def _checkpoint_shape(model_dir: str, key: str) -> ModelShape:
 
 
 def shape_from_checkpoints(config: Config) -> ModelConfig:
-    """The model section with what it leaves to checkpoints filled in (JSON reads only): an unset shape
-    from train.init_from's config.json, "<factor>x" fields from grow.donor's."""
+    """The model section with what it leaves to checkpoints filled in (JSON reads only). model.size unset:
+    the base shape is train.init_from's config.json, else grow.donor's, else DEFAULT_SIZE; fields set
+    override it; "<factor>x" fields are that factor of grow.donor's."""
     m = config.model
     fields = {name: getattr(m, name) for name in SHAPE_FIELDS}
     relative = {name: v for name, v in fields.items() if isinstance(v, str)}
-    if config.train.init_from and m.size is None and all(v is None for v in fields.values()):
-        shape = _checkpoint_shape(config.train.init_from, "train.init_from")
-        return dataclasses.replace(m, size=FAMILY_BASE_SIZE[shape.family],
-                                   **{name: getattr(shape, name) for name in SHAPE_FIELDS})
-    if not relative:
-        return m
-    if not config.grow.donor:
+    for name, value in relative.items():
+        if not RELATIVE_SHAPE.fullmatch(value):
+            raise ConfigError(f"model.{name}={value!r}: give an integer or a factor of the donor's like 2x or 1.5x")
+    if relative and not config.grow.donor:
         raise ConfigError(f"model.{', model.'.join(relative)} = {', '.join(relative.values())} is relative to the "
                           f"donor: set grow.donor (or give the size in numbers)")
-    donor = _checkpoint_shape(config.grow.donor, "grow.donor")
-    resolved = {}
+    donor = _checkpoint_shape(config.grow.donor, "grow.donor") if relative else None
+    set_fields = {name: v for name, v in fields.items() if v is not None}
     for name, value in relative.items():
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)x", value.strip())
-        if match is None:
-            raise ConfigError(f"model.{name}={value!r}: give an integer or a factor of the donor's like 2x or 1.5x")
-        resolved[name] = round(float(match.group(1)) * getattr(donor, name))
-    if m.size is None:  # no named size: the donor's shape is the base, the fields say what changes
-        resolved = {**{name: getattr(donor, name) for name, v in fields.items() if v is None}, **resolved}
-    return dataclasses.replace(m, size=m.size or FAMILY_BASE_SIZE[donor.family], **resolved)
+        set_fields[name] = round(float(value[:-1]) * getattr(donor, name))
+    if m.size is not None:
+        return dataclasses.replace(m, **set_fields)
+    if config.train.init_from:
+        base = _checkpoint_shape(config.train.init_from, "train.init_from")
+    elif config.grow.donor:
+        base = donor or _checkpoint_shape(config.grow.donor, "grow.donor")
+    else:
+        return dataclasses.replace(m, size=DEFAULT_SIZE, **set_fields)
+    return dataclasses.replace(m, size=FAMILY_BASE_SIZE[base.family],
+                               **{**{name: getattr(base, name) for name in SHAPE_FIELDS}, **set_fields})
 
 
 def parse_stage_args(description: str, argv: list[str] | None = None,
@@ -533,11 +540,15 @@ def validate_sources(d: DataConfig) -> None:
     if d.source != DataConfig.source:
         raise ConfigError(f"set data.source ({d.source!r}) or data.sources, not both: a mixture lists every "
                           f"source in data.sources")
+    total = sum(max(source.weight, 0) for source in d.sources)
     for i, source in enumerate(d.sources):
         if not source.path:
             raise ConfigError(f"data.sources[{i}] has no path")
         if not source.weight > 0:
             raise ConfigError(f"data.sources[{i}] ({source.path}): weight must be positive, got {source.weight}")
+        if source.weight / total * BLEND_BLOCK < 1:
+            raise ConfigError(f"data.sources[{i}] ({source.path}): weight {source.weight} is below 1/{BLEND_BLOCK} of "
+                              f"the total {total}; the blend deals samples in blocks of {BLEND_BLOCK}: raise it or drop it")
     names = source_names(d)
     bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.-]+", n) or n in (".", "..")]
     if bad or len(set(names)) != len(names):

@@ -17,6 +17,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from deepspeed.ops.adam import DeepSpeedCPUAdam
 from transformers.integrations import HfDeepSpeedConfig
 
 from pipeline.config import TrainConfig, check_batch_triad, load_deepspeed_json
@@ -75,14 +76,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def deepspeed_config(train: TrainConfig, world_size: int, shape: ModelShape) -> dict:
-    """The shipped JSON (ZeRO stage, precision, ...) with its "auto" sizes filled for `shape`, plus the
-    recipe-owned batch and clipping keys."""
+def deepspeed_config(train: TrainConfig, world_size: int, shape: ModelShape, swap_dir: Path | None = None) -> dict:
+    """The shipped JSON (ZeRO stage, precision, ...) with its "auto" sizes filled for `shape`, an "auto"
+    NVMe offload path set to `swap_dir` (the run's), plus the recipe-owned batch and clipping keys."""
     ds = load_deepspeed_json(train.deepspeed_config)
     zero = ds.get("zero_optimization", {})
     for key, value in zero.items():
         if value == "auto":
             zero[key] = auto_zero_size(key, shape)
+    for key in ("offload_optimizer", "offload_param"):
+        offload = zero.get(key, {})
+        if offload.get("nvme_path") == "auto":
+            if swap_dir is None:
+                raise ConfigError(f"zero_optimization.{key}.nvme_path is \"auto\" (the run dir) but this tool has "
+                                  f"no run dir: give a path")
+            offload["nvme_path"] = str(swap_dir)
     ds.update(train_batch_size=check_batch_triad(train, world_size),
               train_micro_batch_size_per_gpu=train.micro_batch_size,
               gradient_accumulation_steps=train.grad_accum_steps,
@@ -170,6 +178,21 @@ class AdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
+class OffloadAdamW(DeepSpeedCPUAdam):
+    """DeepSpeed's CPU Adam (AdamW mode) with the same skippable update: the optimizer DeepSpeed needs
+    when ZeRO offloads the optimizer states (offload_optimizer), stepping each swapped-in sub-group."""
+    skip_next_update = False
+
+    def step(self, closure=None):
+        if self.skip_next_update:
+            return None
+        return super().step(closure)
+
+
+def offloads_optimizer(ds: dict) -> bool:
+    return ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+
+
 def param_group_decays(engine) -> list[float]:
     return [group["weight_decay"] for group in engine.client_optimizer.param_groups]
 
@@ -189,14 +212,17 @@ def skip_next_update(engine, skip: bool) -> None:
 
 def build_engine(model: torch.nn.Module, train: TrainConfig, ds: dict, groups: list[dict] | None = None,
                  first_step: int = 0):
-    """DeepSpeed engine around ``model`` with torch AdamW (no JIT-built op on CPU) and the LR schedule.
+    """DeepSpeed engine around ``model`` with torch AdamW (no JIT-built op on CPU; DeepSpeed's CPU Adam
+    when the optimizer is offloaded) and the LR schedule.
     `groups`: the optimizer's parameter groups (a group's own "lr" is its peak), default
     parameter_groups(). `first_step`: the run starts there, its schedule replayed from that step.
 
     The scheduler is handed to DeepSpeed so it is stepped with the optimizer and saved/restored in
     every checkpoint (a scheduler kept outside restarts from step 0 on resume)."""
     groups = parameter_groups(model, train.weight_decay) if groups is None else groups
-    optimizer = AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=1e-8)
+    # offloaded optimizer states need DeepSpeed's CPU Adam (JIT-built on first use, ~80 s on CPU)
+    optimizer = (OffloadAdamW if offloads_optimizer(ds) else AdamW)(groups, lr=train.lr, betas=(train.beta1, train.beta2),
+                                                                    eps=1e-8)
     schedule = warmup_cosine(train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step + first_step))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)

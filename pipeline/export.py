@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from pipeline import checkpoint
 from pipeline.config import ConfigError
+from pipeline.data.loader import write_data_position
 from pipeline.data.tokenizer import load_tokenizer
 
 
@@ -42,6 +43,10 @@ def export(run_dir: Path, tag: str | None = None, out_dir: Path | None = None) -
     tokenizer = load_tokenizer(_tokenizer_path(progress))
     state = _untied(checkpoint.consolidated_state_dict(checkpoints, tag, progress["zero_stage"]))
     _check_names(state, model_config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "data_start" in progress:  # where the checkpoint's data order ended, for a run started from the export
+        write_data_position(out_dir, progress["data_key"], progress["config"]["data"]["order_seed"],
+                            progress["data_start"] + progress["consumed_samples"])
     checkpoint.write_hf_files(state.items(), model_config, tokenizer, out_dir)
     return out_dir
 

@@ -200,9 +200,9 @@ class GrowStage(PretrainStage):
             torch.save(trainable, trainer.run_dir / "operator.pt")
             (trainer.run_dir / "operator.json").write_text(json.dumps(
                 {"plan": dataclasses.asdict(self.plan), "donor": trainer.config.grow.donor}, indent=2))
+        trainer.record_data_position(trainer.run_dir / "hf")  # before the weights: config.json comes last
         checkpoint.write_hf_dir(weights, trainer.engine.module.config, trainer.tokenizer, trainer.run_dir / "hf",
                                 trainer.rank)
-        trainer.record_data_position(trainer.run_dir / "hf")
         if trainer.rank == 0:
             self._write_report(trainer, sum(v.numel() for v in trainable.values()), per_rank)
 

@@ -95,3 +95,14 @@ def all_ranks_agree(what: str):
         rank, message = failed[0]
         others = f" (and {len(failed) - 1} other rank(s))" if len(failed) > 1 else ""
         raise ConfigError(f"rank {rank}{others} failed {what}: {message}")
+
+
+def agreed_value(value, what: str):
+    """``value`` as every rank computed it (e.g. from files each node reads itself); if the ranks differ,
+    every rank raises the same error instead of silently running apart. A collective: every rank calls it."""
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        raise ConfigError(f"the ranks disagree on {what}: {dict(enumerate(values))}; make the files every node "
+                          f"reads identical")
+    return values[0]

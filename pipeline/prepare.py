@@ -24,8 +24,7 @@ from pathlib import Path
 from pipeline import __version__
 from pipeline.config import Config, ConfigError, DataConfig, parse_stage_args, source_names
 from pipeline.data.corpus import load_source
-from pipeline.data.loader import repetition_report
-from pipeline.data.packing import pack_corpus, read_meta, write_meta
+from pipeline.data.packing import pack_corpus, read_meta, repetition_report, write_meta
 from pipeline.data.tokenizer import load_or_train_tokenizer, tokenizer_dir
 
 SOURCES_DIR = "sources"
@@ -67,11 +66,12 @@ def prepare(config: Config) -> dict:
     start = time.time()
     tokenizer_dir(d.tokenizer)  # a hub name or a dir that is not a tokenizer is refused before the corpus is read
     sources = sources_of(d)
-    corpora, fingerprints = [], []
+    corpora, fingerprints, divisions = [], [], []
     for source in sources:
-        corpus, fingerprint = load_source(source.path, source.text_field, d)
+        corpus, fingerprint, division = load_source(source.path, source.text_field, d)
         corpora.append(corpus)
         fingerprints.append(fingerprint)
+        divisions.append(division)
         print(f"[prepare] source {source.path!r}: {len(corpus['train'])} train / {len(corpus['validation'])} "
               f"validation documents", flush=True)
     tok_record = _tokenizer_record(d, sources, fingerprints)
@@ -80,13 +80,17 @@ def prepare(config: Config) -> dict:
     print(f"[prepare] tokenizer {tok_dir} ({'trained' if trained else 'reused'}, {len(tokenizer)} tokens)",
           flush=True)
     tokenizer_files = sorted(p for p in tok_dir.iterdir() if p.is_file())
-    key = _digest({"corpus": tok_record, "seq_len": d.seq_len, "pipeline": __version__,
+    # the tokenizer learns from lines, whatever the documents; the packed data depends on the documents
+    txt = {"txt_documents": divisions} if any(divisions) else {}
+    key = _digest({"corpus": tok_record, "seq_len": d.seq_len, "pipeline": __version__, **txt,
                    "tokenizer": [hashlib.sha256(p.read_bytes()).hexdigest() for p in tokenizer_files]})
     existing = read_meta(out_dir)
     if existing is not None:
         if existing["key"] != key:
+            hint = (" (data prepared before data.txt_documents existed took each .txt file whole: "
+                    "data.txt_documents=files)" if any(divisions) else "")
             raise ConfigError(f"{out_dir} holds data prepared from other inputs (key {existing['key']}, now "
-                              f"{key}); choose another data.output_dir or delete it yourself")
+                              f"{key}){hint}; choose another data.output_dir or delete it yourself")
         print(f"[prepare] reusing {out_dir} (same inputs)", flush=True)
         _print_repetition(config, existing)
         return existing
@@ -106,7 +110,7 @@ def prepare(config: Config) -> dict:
 def _print_repetition(config: Config, meta: dict) -> None:
     t = config.train
     per_step = t.global_batch_size or t.micro_batch_size * t.grad_accum_steps
-    ranks = "" if t.global_batch_size else " per data-parallel rank"
+    ranks = "" if t.global_batch_size else " per data-parallel rank (with N ranks, N times the reads below)"
     print(f"[prepare] train.steps={t.steps} x {per_step} samples{ranks}:", flush=True)
     for line in repetition_report(meta, t.steps * per_step):
         print(f"[prepare]   {line}", flush=True)
@@ -114,18 +118,17 @@ def _print_repetition(config: Config, meta: dict) -> None:
 
 def _pack_mixture(d: DataConfig, sources: list[Source], corpora: list, tokenizer, out_dir: Path, common: dict) -> dict:
     """Each source packed on its own into sources/<name>/; the top meta.json (written last) lists them."""
-    parts = []
+    parts, packed = [], {}
     for source, corpus in zip(sources, corpora):
         print(f"[prepare] packing source {source.name} ({source.path})", flush=True)
         part_dir = f"{SOURCES_DIR}/{source.name}"
-        part = pack_corpus(corpus, tokenizer, d.seq_len, d.num_proc, out_dir / part_dir, {**common, "source": source.path})
+        packed = pack_corpus(corpus, tokenizer, d.seq_len, d.num_proc, out_dir / part_dir, {**common, "source": source.path})
         parts.append({"name": source.name, "path": source.path, "weight": source.weight, "dir": part_dir,
-                      "splits": part["splits"]})
+                      "splits": packed["splits"]})
     splits = {name: {field: sum(p["splits"][name][field] for p in parts) for field in ("documents", "tokens", "samples")}
               for name in ("train", "validation")}
-    first = read_meta(out_dir / parts[0]["dir"])
-    meta = {**common, "source": "mixture", "dtype": first["dtype"], "seq_len": d.seq_len,
-            "vocab_size": first["vocab_size"], "bos": first["bos"], "sources": parts, "splits": splits}
+    meta = {**common, "source": "mixture", "dtype": packed["dtype"], "seq_len": d.seq_len,
+            "vocab_size": packed["vocab_size"], "bos": packed["bos"], "sources": parts, "splits": splits}
     write_meta(out_dir, meta)
     return meta
 

@@ -114,17 +114,17 @@ class LotteryRun:
         self.rank, self.world_size = init_distributed()
         self.config_sha256 = hashlib.sha256(config.to_yaml().encode()).hexdigest()
         self.rounds: list[dict] = []
-        # every round replays the dense round's data order (from the rewind step on): one start for all,
-        # decided by the dense round's starting model
-        meta = read_meta(Path(config.data.output_dir))
-        self.data_start = 0 if meta is None else data_start(config.data.start, t.init_from, meta["key"],
-                                                            config.data.order_seed)[0]
+        self.data_start = 0  # set by run(): the dense round's, recorded in the prune run's config.yaml
 
     def run(self) -> None:
         p = self.config.prune
         with all_ranks_agree("preparing the prune run dir"):
             if self.rank == 0:
                 self._prepare_run_dir()
+        # every round replays the dense round's data order (from the rewind step on): one start for all,
+        # decided once by the dense round's starting model and kept in config.yaml (runs from before
+        # data.start read from 0)
+        self.data_start = int(yaml.safe_load((self.run_dir / "config.yaml").read_text())["data"].get("start", 0))
         self.train_round("dense", 0, "dense", SavesWeightsAt(self.rewind_step, self.run_dir / "rewind"),
                          self.config.train.init_from, self.config.train.seed)
         if not hf_complete(self.run_dir / "rewind"):
@@ -168,7 +168,14 @@ class LotteryRun:
             for name in ("masks", "rewind"):
                 shutil.rmtree(self.run_dir / name, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config.save(saved)
+        start = None
+        if self.resume is not None and saved.exists():
+            start = str(yaml.safe_load(saved.read_text())["data"].get("start", 0))
+        if start is None or not start.isdigit():
+            meta = read_meta(Path(self.config.data.output_dir))
+            start = str(0 if meta is None else data_start(self.config.data.start, self.config.train.init_from,
+                                                          meta["key"], self.config.data.order_seed)[0])
+        dataclasses.replace(self.config, data=dataclasses.replace(self.config.data, start=start)).save(saved)
 
     def _write_masks(self, level: int, sparsity: float) -> None:
         """Rank 0: the round's ticket mask, pruned from the dense model's final weights (round 1, or

@@ -28,11 +28,14 @@ from pipeline.config import Config, ConfigError
 # sections a stage does not read (its `unread_sections`: `grow` and `prune` for the train stage, `bench` for all).
 HARMLESS_KEYS = {"run.dir", "train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint_interval",
                  "train.keep_checkpoints", "train.throughput_warmup_steps", "train.peak_tflops", "train.save_hf",
-                 "train.preemption_grace_s", "train.max_skipped_steps", "data.num_proc"}
+                 "train.preemption_grace_s", "train.max_skipped_steps", "data.num_proc",
+                 # a resumed run keeps the data start it was launched with (its checkpoint's progress), and
+                 # how prepare divided .txt files shows in the packed data's key, which resume checks
+                 "data.start", "data.txt_documents"}
 # The per-rank split of a step's batch may change as long as the global batch (the data order) does not.
 BATCH_SPLIT_KEYS = {"train.micro_batch_size", "train.grad_accum_steps", "train.global_batch_size"}
 RUN_FILES = ("checkpoints", "tb", "metrics.jsonl", "hf", "config.yaml", "operator.pt", "operator.json", "report.json",
-             "start")
+             "start", "nvme")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

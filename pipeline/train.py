@@ -28,8 +28,8 @@ import torch
 
 from pipeline import __version__, checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
-from pipeline.data.loader import (TrainBatches, data_start, open_samples, repetition_report, validation_batches,
-                                  write_data_position)
+from pipeline.data.loader import TrainBatches, data_start, open_samples, validation_batches, write_data_position
+from pipeline.data.packing import repetition_report
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
@@ -38,7 +38,7 @@ from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, chec
                              training_dtype, zero_stage)
 from pipeline.metrics import MetricsLogger
 from pipeline.preemption import StopRequest
-from pipeline.preflight import all_ranks_agree
+from pipeline.preflight import agreed_value, all_ranks_agree
 from pipeline.resume import check_disk_space, check_launch, prepare_run_dir
 from pipeline.throughput import ThroughputMeter
 from pipeline.models.hf import build_model, checkpoint_config, hf_config, shape_of, special_token_ids
@@ -119,9 +119,9 @@ class PretrainStage:
 
     def export(self, trainer: "Trainer") -> None:
         if trainer.config.train.save_hf:
+            trainer.record_data_position(trainer.run_dir / "hf")  # before the weights: config.json comes last
             checkpoint.save_hf_model(trainer.engine, trainer.engine.module.config, trainer.tokenizer,
                                      trainer.run_dir / "hf", trainer.rank)
-            trainer.record_data_position(trainer.run_dir / "hf")
 
 
 class TrainingHalted(RuntimeError):
@@ -149,7 +149,8 @@ class Trainer:
         # every rank checks its own files (a node may lack them) and all agree before rank 0 touches the run dir
         with all_ranks_agree("the checks before training"):
             self.stage.setup(config)
-            ds = deepspeed_config(t, self.world_size, resolve_shape(config.model))  # raises on a bad batch triad before any work
+            # raises on a bad batch triad before any work; NVMe offload (if any) swaps into <run>/nvme
+            ds = deepspeed_config(t, self.world_size, resolve_shape(config.model), self.run_dir / "nvme")
             self.train_samples = open_samples(config.data.output_dir, "train")
             self.tokenizer = load_tokenizer(self.train_samples.meta["tokenizer"])
             vocab_size = self.train_samples.meta["vocab_size"]
@@ -166,15 +167,16 @@ class Trainer:
                                             ds["train_batch_size"], self.train_samples.meta["key"],
                                             self.stage.unread_sections)
             # a resumed run keeps the start it was launched with, whatever its starting model's dir says now
-            self.data_start, why = ((self.resume_from.get("data_start", 0), "the resumed run's")
-                                    if self.resume_from is not None else
-                                    data_start(config.data.start, self.stage.weights_source(config),
-                                               self.train_samples.meta["key"], config.data.order_seed))
-            self.batches = TrainBatches(self.train_samples, config.data.order_seed, t.micro_batch_size,
-                                        t.grad_accum_steps, self.rank, self.world_size, self.data_start)
-        if self.rank == 0 and self.data_start:
-            print(f"[{self.stage.name}] data order starts at sample {self.data_start:,} ({why}; data.start=0 "
-                  f"reads from the beginning)", flush=True)
+            start, why = ((self.resume_from.get("data_start", 0), "the resumed run's")
+                          if self.resume_from is not None else
+                          data_start(config.data.start, self.stage.weights_source(config),
+                                     self.train_samples.meta["key"], config.data.order_seed))
+        # each rank read the starting model's record itself: ranks reading different orders would be silent
+        self.data_start = agreed_value(start, "where the data order starts (data_position.json)")
+        self.batches = TrainBatches(self.train_samples, config.data.order_seed, t.micro_batch_size,
+                                    t.grad_accum_steps, self.rank, self.world_size, self.data_start)
+        if self.rank == 0 and (self.data_start or self.stage.weights_source(config)):
+            print(f"[{self.stage.name}] data order starts at sample {self.data_start:,} ({why})", flush=True)
         # a new world size: ZeRO 1-3 partitions are per rank, so load DeepSpeed's universal form
         self.universal = (self.resume_from is not None and self.resume_from["world_size"] != self.world_size
                           and self.resume_from["zero_stage"] > 0)
@@ -314,6 +316,7 @@ class Trainer:
     def record_data_position(self, model_dir: Path) -> None:
         """Rank 0 notes in an exported model dir where this run's data order ended."""
         if self.rank == 0:
+            model_dir.mkdir(parents=True, exist_ok=True)
             write_data_position(model_dir, self.train_samples.meta["key"], self.config.data.order_seed,
                                 self.data_start + self.progress["consumed_samples"])
 

@@ -150,7 +150,8 @@ def test_txt_documents(tmp_path, mode, documents):
     (tmp_path / "b.py").write_text("x = 1\n\ny = 2\n")  # not .txt: one document whatever the mode
     (tmp_path / "c.py").write_text("")  # an empty file is still a document (as packed before .txt paragraphs)
     config = load_config("tiny", [f"data.txt_documents={mode}", "data.validation_fraction=0.5"])
-    corpus, _ = load_source(str(tmp_path), "text", config.data)
+    corpus, _, division = load_source(str(tmp_path), "text", config.data)
+    assert division == (None if mode == "files" else mode)  # "files" keeps the keys of data packed before
     texts = list(corpus["train"]["text"]) + list(corpus["validation"]["text"])
     assert len(texts) == documents + 2 and "x = 1\n\ny = 2\n" in texts and "" in texts
 
@@ -174,9 +175,9 @@ def test_hf_sources_with_config_and_split(tmp_path):
     (local / "train.jsonl").write_text("".join(json.dumps({"text": f"train doc {i}"}) + "\n" for i in range(40)))
     (local / "test.jsonl").write_text("".join(json.dumps({"text": f"held-out doc {i}"}) + "\n" for i in range(10)))
     config = load_config("tiny").data
-    whole, _ = load_source(f"hf:{local}", "text", config)  # both splits: test is the validation split
+    whole, _, _ = load_source(f"hf:{local}", "text", config)  # both splits: test is the validation split
     assert len(whole["train"]) == 40 and whole["validation"][0]["text"].startswith("held-out")
-    one_split, _ = load_source(f"hf:{local}:default:train", "text", config)  # validation held out of train
+    one_split, _, _ = load_source(f"hf:{local}:default:train", "text", config)  # validation held out of train
     assert len(one_split["train"]) + len(one_split["validation"]) == 40
     assert all(t.startswith("train") for t in one_split["validation"]["text"])
 
@@ -187,6 +188,9 @@ def test_hub_name_tokenizer_refused_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="download the tokenizer to a dir and pass its path"):
         prepare(config)
     assert list(tmp_path.iterdir()) == []
+    from pipeline.data.tokenizer import tokenizer_dir
+    (tmp_path / "tokenizers").mkdir()  # a relative path into an existing dir is a path, not a hub name
+    assert tokenizer_dir("tokenizers/new").resolve() == (tmp_path / "tokenizers" / "new").resolve()
 
 
 def test_bos_follows_the_tokenizer_template(mixture, tmp_path):

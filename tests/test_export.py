@@ -1,6 +1,7 @@
 """`python -m pipeline.export`: a training checkpoint (ZeRO 0, 2, 3; GPT-2 tied, LLaMA untied) becomes an
 HF model dir whose logits equal those of the weights the run ended with."""
 
+import json
 import subprocess
 import sys
 
@@ -45,6 +46,10 @@ def test_exported_checkpoint_has_the_training_models_logits(prepared, tmp_path, 
     assert sum(losses) / len(losses) == pytest.approx(logged, rel=1e-5)
     # an earlier checkpoint exports too, to a chosen dir; an existing non-empty dir is refused
     assert export("--run", run_dir, "--tag", "step3", "--out", tmp_path / "step3").returncode == 0
+    # each export records where its data order ended (3 and 6 steps of 8 samples x 2 ranks), as the final hf does
+    positions = [json.loads((d / "data_position.json").read_text())["next_position"]
+                 for d in (tmp_path / "step3", run_dir / "export" / "step6", run_dir / "hf")]
+    assert positions == [3 * 16, 6 * 16, 6 * 16]
     refused = export("--run", run_dir, "--tag", "step3", "--out", tmp_path / "step3")
     assert refused.returncode != 0 and "not empty" in refused.stderr
 

@@ -168,7 +168,6 @@ class Bench:
             value = saved[section][key]
             if value and Path(value).is_relative_to(old_out):
                 saved[section][key] = str(self.out / Path(value).relative_to(old_out))
-        saved["data"].setdefault("start", "0")  # stages written before data.start read the order from 0
         return saved
 
     def donor_shape(self) -> list[str]:

@@ -3,7 +3,7 @@
     python -m pipeline.bench packing --config tiny                # after `python -m pipeline.prepare --config tiny`
     python -m pipeline.bench packing --config tiny --repeat 8 --rounds 5 data.num_proc=2
 
-Both arms read the same text: the recipe's training split (repeated --repeat times, so the work dwarfs
+Both arms read the same text: the recipe's training split(s) (repeated --repeat times, so the work dwarfs
 process start-up) with the tokenizer prepare made for it, on all the machine's cores. The "tokenizer" arm
 is the bare HF fast tokenizer's batched call (1000 documents per call, its Rust threads on every core,
 the text already in memory): the ceiling for any packer built on it. The "packing" arm is prepare's own
@@ -30,15 +30,16 @@ TOKENIZER_BATCH = 1000
 def _split_and_tokenizer(config, repeat: int):
     import datasets
 
-    from pipeline.data.corpus import load_corpus
+    from pipeline.data.corpus import load_source
     from pipeline.data.packing import read_meta
     from pipeline.data.tokenizer import load_tokenizer
+    from pipeline.prepare import sources_of
     meta = read_meta(Path(config.data.output_dir))
     if meta is None:
         raise ConfigError(f"no prepared data in {config.data.output_dir}: run `python -m pipeline.prepare` with the same "
                           f"recipe first (the benchmark uses its tokenizer)")
-    train = load_corpus(config.data)[0]["train"]
-    return datasets.concatenate_datasets([train] * repeat), load_tokenizer(meta["tokenizer"])
+    train = [load_source(s.path, s.text_field, config.data)[0]["train"] for s in sources_of(config.data)]
+    return datasets.concatenate_datasets(train * repeat), load_tokenizer(meta["tokenizer"])
 
 
 def tokenizer_arm(config, repeat: int) -> dict:

@@ -66,9 +66,13 @@ def _load_files(files: list[Path], text_field: str, txt_documents: str) -> datas
     if kinds.pop() == "json":
         return _only_text(datasets.load_dataset("json", data_files=[str(p) for p in files], split="train"),
                           text_field)
+    if txt_documents == "files":  # every file one document, in path order
+        groups = [("document", files)]
+    else:
+        groups = [(TXT_SAMPLE_BY[txt_documents], [p for p in files if p.suffix == ".txt"]),
+                  ("document", [p for p in files if p.suffix != ".txt"])]
     parts = []
-    for sample_by, group in ((TXT_SAMPLE_BY[txt_documents], [p for p in files if p.suffix == ".txt"]),
-                             ("document", [p for p in files if p.suffix != ".txt"])):
+    for sample_by, group in groups:
         if group:
             texts = datasets.load_dataset("text", data_files=[str(p) for p in group], sample_by=sample_by,
                                           split="train")
@@ -99,8 +103,6 @@ def _from_files(root: Path, files: list[Path], text_field: str, cfg: DataConfig)
     if sum(p.stat().st_size for p in files) == 0:
         raise ConfigError(f"data source {root}: every file is empty")
     fingerprint = _file_fingerprint(files)
-    if any(p.suffix == ".txt" for p in files):  # the documents of a .txt depend on how it is divided
-        fingerprint += f":{cfg.txt_documents}"
     if len(files) == 1:
         return _split_records(_load_files(files, text_field, cfg.txt_documents), cfg.validation_fraction), fingerprint
     train, val = _split_files(root, files, cfg.validation_fraction)
@@ -137,8 +139,11 @@ def _from_hf(source: str, text_field: str, cfg: DataConfig) -> datasets.DatasetD
     return _from_datasets(datasets.DatasetDict(train=loaded) if split else loaded, text_field, cfg)
 
 
-def load_source(source: str, text_field: str, cfg: DataConfig) -> tuple[datasets.DatasetDict, str]:
-    """One source as train/validation splits, plus a fingerprint that changes when its content may have."""
+def load_source(source: str, text_field: str, cfg: DataConfig) -> tuple[datasets.DatasetDict, str, str | None]:
+    """One source as train/validation splits, a fingerprint that changes when its files' content may
+    have, and how its .txt files were divided into documents (data.txt_documents; None without .txt
+    files or when each is one document)."""
+    division = None
     if source == "stdlib":
         root, files = stdlib_files()
         corpus, fingerprint = _from_files(root, files, text_field, cfg)
@@ -157,13 +162,16 @@ def load_source(source: str, text_field: str, cfg: DataConfig) -> tuple[datasets
             files = [path] if path.is_file() else sorted(
                 p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES | JSON_SUFFIXES)
             corpus, fingerprint = _from_files(path, files, text_field, cfg)
+            # "files" is how .txt files were read before data.txt_documents existed: their data keys stay valid
+            division = cfg.txt_documents if cfg.txt_documents != "files" and any(p.suffix == ".txt" for p in files) \
+                else None
     for name in ("train", "validation"):
         if len(corpus[name]) == 0:
-            raise ConfigError(f"data source {source!r}: the {name} split is empty (its files hold only blank "
-                              f"text); add text or change data.validation_fraction")
-    return corpus, fingerprint
+            raise ConfigError(f"data source {source!r}: the {name} split is empty (no text in it); add text or "
+                              f"change data.validation_fraction")
+    return corpus, fingerprint, division
 
 
 def load_corpus(cfg: DataConfig) -> tuple[datasets.DatasetDict, str]:
     """data.source (the single-source form) as train/validation splits, plus its fingerprint."""
-    return load_source(cfg.source, cfg.text_field, cfg)
+    return load_source(cfg.source, cfg.text_field, cfg)[:2]

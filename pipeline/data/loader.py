@@ -20,12 +20,13 @@ ranks' slices are disjoint and together cover the step's batch.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError
+from pipeline.config import BLEND_BLOCK, ConfigError
 from pipeline.data.packing import read_meta
 
 
@@ -92,12 +93,12 @@ def shares_of(weights: list[float], total: int) -> np.ndarray:
 class Blend:
     """Global position -> (source, k): position g is the k-th draw from that source. Exact per block."""
 
-    BLOCK = 8192
+    BLOCK = BLEND_BLOCK
     STREAM = 1  # the blend's RNG stream; source s orders with stream (2, s)
 
     def __init__(self, weights: list[float], seed: int):
         counts = shares_of(weights, self.BLOCK)
-        if (counts == 0).any():
+        if (counts == 0).any():  # validate_sources refuses such weights before prepare
             raise ConfigError(f"data.sources weights {list(weights)}: a source's share is below 1/{self.BLOCK} "
                               f"of the samples; raise its weight or drop it")
         self.counts, self.seed = counts, seed
@@ -173,19 +174,15 @@ def open_samples(data_dir: str | Path, split: str) -> PackedSamples | SampleMixt
     return SampleMixture(data_dir, split, meta) if "sources" in meta else PackedSamples(data_dir, split)
 
 
-def repetition_report(meta: dict, samples_drawn: int) -> list[str]:
-    """How many times each source's training samples are read when a run draws ``samples_drawn``."""
-    sources = meta.get("sources") or [{"name": "corpus", "weight": 1.0, "splits": meta["splits"]}]
-    return [f"{s['name']}: weight {s['weight']:.3f}, {s['splits']['train']['samples']:,} samples, read "
-            f"{s['weight'] * samples_drawn / s['splits']['train']['samples']:.2f} times" for s in sources]
-
-
 DATA_POSITION = "data_position.json"  # in a model dir the pipeline wrote: where its training data order ended
 
 
 def write_data_position(model_dir: Path, data_key: str, order_seed: int, next_position: int) -> None:
-    (Path(model_dir) / DATA_POSITION).write_text(json.dumps(
-        {"data_key": data_key, "order_seed": order_seed, "next_position": next_position}, indent=2))
+    path = Path(model_dir) / DATA_POSITION
+    tmp = path.with_suffix(".tmp")  # written whole or not at all
+    tmp.write_text(json.dumps({"data_key": data_key, "order_seed": order_seed, "next_position": next_position},
+                              indent=2))
+    os.replace(tmp, path)
 
 
 def data_start(setting: str, model_dir: str | None, data_key: str, order_seed: int) -> tuple[int, str]:
@@ -199,11 +196,12 @@ def data_start(setting: str, model_dir: str | None, data_key: str, order_seed: i
         return 0, "a new model"
     path = Path(model_dir) / DATA_POSITION
     if not path.exists():
-        return 0, f"{model_dir} has no record of its training data"
+        return 0, f"{model_dir} has no {DATA_POSITION}: not trained by this pipeline on record; data.start=N to choose"
     record = json.loads(path.read_text())
     if record["data_key"] != data_key or record["order_seed"] != order_seed:
-        return 0, f"{model_dir} was trained on other data or in another order (data.order_seed)"
-    return record["next_position"], f"after the {record['next_position']:,} samples {model_dir} was trained on"
+        return 0, f"{model_dir} was trained on other data or in another order (data.order_seed); data.start=N to choose"
+    return record["next_position"], (f"after the {record['next_position']:,} samples {model_dir} was trained on; "
+                                     f"data.start=0 reads from the beginning")
 
 
 def micro_batch_positions(step: int, micro_step: int, rank: int, micro_batch: int, grad_accum: int,

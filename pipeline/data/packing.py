@@ -8,6 +8,7 @@ ragged tail is dropped. `meta.json` is written last, so its presence means the f
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import multiprocessing
@@ -60,7 +61,6 @@ _worker_encoder: _Encoder | None = None
 
 def _start_worker(encoder: _Encoder) -> None:
     global _worker_encoder
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already; no threads inside each
     _worker_encoder = encoder
 
 
@@ -68,17 +68,39 @@ def _encode_in_worker(bounds: tuple[int, int]) -> np.ndarray:
     return _worker_encoder(bounds)
 
 
+def _in_order(pool, tasks: list, in_flight: int):
+    """The workers' results in task order, with at most ``in_flight`` tasks submitted and not yet taken:
+    a slow task (one huge document) holds back the submissions, not an unbounded pile of results."""
+    pending = collections.deque()
+    for task in tasks:
+        pending.append(pool.apply_async(_encode_in_worker, (task,)))
+        if len(pending) >= in_flight:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
 def _write_tokens(split: datasets.Dataset, tokenizer, dtype: np.dtype, num_proc: int, path: Path, name: str) -> int:
     """Tokenize ``split`` on ``num_proc`` worker processes and write its tokens, in document order, to one
     flat file. Memory stays bounded whatever the corpus size: workers take DOCUMENTS_PER_TASK documents
-    at a time and the writer appends each result as it arrives, in order."""
+    at a time, at most two tasks per worker are in flight, and the writer appends results in order."""
     encoder = _Encoder(split, tokenizer, dtype)
     tasks = [(i, min(i + DOCUMENTS_PER_TASK, len(split))) for i in range(0, len(split), DOCUMENTS_PER_TASK)]
     workers = min(num_proc, len(tasks))
-    pool = (multiprocessing.get_context("fork").Pool(workers, _start_worker, (encoder,)) if workers > 1 else None)
+    pool = None
+    if workers > 1:
+        # the workers inherit this at fork: one process per core already, and no "forked after parallelism"
+        # warning from a tokenizer whose threads ran in this process
+        parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        pool = multiprocessing.get_context("fork").Pool(workers, _start_worker, (encoder,))
+        if parallelism is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
     total, start = 0, time.perf_counter()
     try:
-        results = pool.imap(_encode_in_worker, tasks) if pool else map(encoder, tasks)
+        results = _in_order(pool, tasks, 2 * workers) if pool else map(encoder, tasks)
         with open(path, "wb") as out, tqdm(total=len(split), unit="doc", desc=f"tokenizing {name}") as bar:
             for (first, last), tokens in zip(tasks, results):
                 out.write(tokens.tobytes())
@@ -118,3 +140,10 @@ def write_meta(out_dir: Path, meta: dict) -> None:
     tmp = Path(out_dir) / (META + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, Path(out_dir) / META)
+
+
+def repetition_report(meta: dict, samples_drawn: int) -> list[str]:
+    """How many times each source's training samples are read when a run draws ``samples_drawn`` samples."""
+    sources = meta.get("sources") or [{"name": "corpus", "weight": 1.0, "splits": meta["splits"]}]
+    return [f"{s['name']}: weight {s['weight']:.3f}, {s['splits']['train']['samples']:,} samples, read "
+            f"{s['weight'] * samples_drawn / s['splits']['train']['samples']:.2f} times" for s in sources]

@@ -39,6 +39,7 @@ SIZES: dict[str, ModelShape] = {
     "gpt2-774m": ModelShape("gpt2", layers=36, hidden=1280, heads=20, kv_heads=20, ffn=5120, max_positions=1024),
     "gpt2-1.5b": ModelShape("gpt2", layers=48, hidden=1600, heads=25, kv_heads=25, ffn=6400, max_positions=1024),
     "llama-125m": ModelShape("llama", layers=12, hidden=768, heads=12, kv_heads=4, ffn=2048, max_positions=2048),
+    "llama-135m": ModelShape("llama", layers=30, hidden=576, heads=9, kv_heads=3, ffn=1536, max_positions=2048),
     "tinyllama-1.1b": ModelShape("llama", layers=22, hidden=2048, heads=32, kv_heads=4, ffn=5632,
                                  max_positions=2048),
 }
@@ -76,7 +77,7 @@ def resolve_shape(model) -> ModelShape:
     shape = replace(SIZES[size], **overrides)
     if shape.family == "gpt2" and "heads" in overrides and "kv_heads" not in overrides:
         shape = replace(shape, kv_heads=shape.heads)
-    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "max_positions"):
+    for name in SHAPE_FIELDS:
         if getattr(shape, name) <= 0:
             raise ConfigError(f"model.{name} must be positive, got {getattr(shape, name)}")
     if shape.hidden % shape.heads:
