@@ -193,16 +193,23 @@ def offloads_optimizer(ds: dict) -> bool:
     return ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
 
 
+def swaps_optimizer_to_disk(ds: dict) -> bool:
+    return ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "nvme"
+
+
 def param_group_decays(engine) -> list[float]:
     return [group["weight_decay"] for group in engine.client_optimizer.param_groups]
 
 
-def restore_param_group_settings(engine, decays: list[float]) -> None:
-    """After loading a universal checkpoint, ZeRO-3 gives every param group group 0's settings
-    (deepspeed/runtime/zero/stage3.py, load of universal optimizer state): put each group's weight decay
-    (as built) and learning rate (the restored schedule's) back."""
+def restore_param_group_settings(engine, decays: list[float], universal: bool) -> None:
+    """After loading a checkpoint, each group's learning rate is the restored schedule's: ZeRO-3 with an
+    offloaded optimizer restores the groups' LR of the step before (seen: a resumed run's first step
+    at the previous step's LR). A universal checkpoint also gives every group group 0's settings
+    (deepspeed/runtime/zero/stage3.py, load of universal optimizer state): put each group's weight
+    decay (as built) back."""
     for group, decay, lr in zip(engine.client_optimizer.param_groups, decays, engine.lr_scheduler.get_last_lr()):
-        group["weight_decay"] = decay
+        if universal:
+            group["weight_decay"] = decay
         group["lr"] = lr
 
 

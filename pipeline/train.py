@@ -35,7 +35,7 @@ from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
                              end_stage_process, init_distributed, model_construction, peak_memory_gb,
                              param_group_decays, peak_tflops_per_rank, restore_param_group_settings, skip_next_update,
-                             training_dtype, zero_stage)
+                             swaps_optimizer_to_disk, training_dtype, zero_stage)
 from pipeline.metrics import MetricsLogger
 from pipeline.preemption import StopRequest
 from pipeline.preflight import agreed_value, all_ranks_agree
@@ -166,6 +166,12 @@ class Trainer:
             self.resume_from = check_launch(self.run_dir, resume, overwrite, config, self.world_size,
                                             ds["train_batch_size"], self.train_samples.meta["key"],
                                             self.stage.unread_sections)
+            if self.resume_from is not None and swaps_optimizer_to_disk(ds) and resume != "force":
+                raise ConfigError(
+                    "this run's optimizer is offloaded to NVMe/disk, and DeepSpeed (0.19.8) does not restore such a "
+                    "run exactly: it copies the swap files back but drops the optimizer sub-groups too small to "
+                    "swap (< 1 MiB), and a resumed tiny run drifted 0.05 in loss within 2 steps. Pass --resume force "
+                    "to continue anyway")
             # a resumed run keeps the start it was launched with, whatever its starting model's dir says now
             start, why = ((self.resume_from.get("data_start", 0), "the resumed run's")
                           if self.resume_from is not None else
@@ -215,8 +221,7 @@ class Trainer:
             decays = param_group_decays(self.engine)
             self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank, self.universal)
             self.train_seconds = self.progress.get("train_seconds", 0.0)
-            if self.universal:
-                restore_param_group_settings(self.engine, decays)
+            restore_param_group_settings(self.engine, decays, self.universal)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, 0 if self.resume_from is None else self.progress["step"])
         self.stop = StopRequest(t.preemption_grace_s)
         self.skipped_in_a_row = 0

@@ -146,4 +146,4 @@ def repetition_report(meta: dict, samples_drawn: int) -> list[str]:
     """How many times each source's training samples are read when a run draws ``samples_drawn`` samples."""
     sources = meta.get("sources") or [{"name": "corpus", "weight": 1.0, "splits": meta["splits"]}]
     return [f"{s['name']}: weight {s['weight']:.3f}, {s['splits']['train']['samples']:,} samples, read "
-            f"{s['weight'] * samples_drawn / s['splits']['train']['samples']:.2f} times" for s in sources]
+            f"{s['weight'] * samples_drawn / s['splits']['train']['samples']:.3g} times" for s in sources]
