@@ -36,7 +36,8 @@ from pipeline.metrics import read_metrics
 for run in ("donor", "grow", "train"):
     records = read_metrics(f"runs/billion/{run}")
     peak = max(r.get("perf/peak_memory_gb", 0) for r in records)
-    steps = [round(r["perf/step_time_s"], 1) for r in records if "perf/step_time_s" in r]
+    seconds = [r["perf/train_seconds"] for r in records]  # cumulative: each step's time is a difference
+    steps = [round(b - a, 1) for a, b in zip(seconds, seconds[1:])]
     val = [round(r["val/loss"], 3) for r in records if "val/loss" in r]
     print(f"[billion] {run}: peak memory per rank {peak:.2f} GB, step times {steps} s, val loss {val}")
 du = subprocess.run(["du", "-sh", "runs/billion/grow/hf", "runs/billion/train/checkpoints", "runs/billion/train/nvme"],
