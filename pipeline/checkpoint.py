@@ -25,7 +25,6 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from pipeline.config import ConfigError
 from pipeline.engine import full_fp32_parameters
@@ -200,7 +199,8 @@ def read_partition(stored, param) -> torch.Tensor:
 
 
 _TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "BOOL": torch.bool,
-                 "F64": torch.float64, "U8": torch.uint8}
+                 "F64": torch.float64, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+                 "I64": torch.int64}
 
 
 def load_partitions(params: dict[str, torch.nn.Parameter], path: Path) -> dict[str, torch.Tensor]:
@@ -227,28 +227,68 @@ def write_hf_dir(weights, hf_config, tokenizer, out_dir: Path, rank: int) -> Non
     dist.barrier()
 
 
+class SafetensorsWriter:
+    """One safetensors file written a tensor at a time: each tensor's bytes go to disk as it comes,
+    after room kept for the JSON header, which is written last and padded with spaces (the format
+    allows that). safetensors' own save_file needs every tensor at once and copies them all into
+    one buffer (seen as +0.8 GB on rank 0 at the end of a 318M-parameter train stage)."""
+
+    HEADER_ROOM = 256 * 1024  # ~2,000 tensor entries; a fuller shard is closed (has_room)
+    DTYPES = {dtype: code for code, dtype in _TORCH_DTYPES.items()}
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = path.open("wb")
+        self.file.seek(8 + self.HEADER_ROOM)
+        self.header = {"__metadata__": {"format": "pt"}}
+        self.data_bytes = 0
+
+    def _entry(self, tensor: torch.Tensor) -> dict:
+        size = tensor.numel() * tensor.element_size()
+        return {"dtype": self.DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                "data_offsets": [self.data_bytes, self.data_bytes + size]}
+
+    def has_room(self, name: str, tensor: torch.Tensor) -> bool:
+        return len(json.dumps({**self.header, name: self._entry(tensor)})) <= self.HEADER_ROOM
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        entry = self._entry(tensor)
+        self.file.write(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+        self.header[name] = entry
+        self.data_bytes = entry["data_offsets"][1]
+
+    def close(self) -> list[str]:
+        """Write the header; the tensor names in the file."""
+        header = json.dumps(self.header).encode()
+        if len(header) > self.HEADER_ROOM:  # only a single tensor with a name of ~250k characters gets here
+            raise ValueError(f"{self.path}: safetensors header of {len(header)} bytes exceeds {self.HEADER_ROOM}")
+        self.file.seek(0)
+        self.file.write(self.HEADER_ROOM.to_bytes(8, "little"))
+        self.file.write(header.ljust(self.HEADER_ROOM, b" "))
+        self.file.close()
+        return [name for name in self.header if name != "__metadata__"]
+
+
 def write_hf_files(weights, hf_config, tokenizer, out_dir: Path, max_shard_bytes: int = 2 * 10**9) -> None:
     """`weights`, (HF name, tensor) pairs as they are produced (a layer at a time), as safetensors shards
     of at most `max_shard_bytes` (one larger tensor gets its own) + index + config + tokenizer, which
-    ``AutoModelForCausalLM.from_pretrained`` loads. Only one shard is in memory at a time."""
+    ``AutoModelForCausalLM.from_pretrained`` loads. Each tensor is written as it comes: the export never
+    holds more than the tensor in hand."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    shards, shard, shard_bytes, total = [], {}, 0, 0
-
-    def flush():
-        path = out_dir / f"model.part{len(shards)}.safetensors"
-        save_file(shard, path, metadata={"format": "pt"})
-        shards.append((path, list(shard)))
-
+    shards, writer, total = [], None, 0
     for name, tensor in weights:
         size = tensor.numel() * tensor.element_size()
-        if shard and shard_bytes + size > max_shard_bytes:
-            flush()
-            shard, shard_bytes = {}, 0
-        shard[name] = tensor.contiguous()
-        shard_bytes += size
+        if writer and writer.data_bytes and (writer.data_bytes + size > max_shard_bytes
+                                             or not writer.has_room(name, tensor)):
+            shards.append((writer.path, writer.close()))
+            writer = None
+        if writer is None:
+            writer = SafetensorsWriter(out_dir / f"model.part{len(shards)}.safetensors")
+        writer.add(name, tensor)
         total += size
-    if shard or not shards:
-        flush()
+    if writer or not shards:
+        writer = writer or SafetensorsWriter(out_dir / f"model.part{len(shards)}.safetensors")
+        shards.append((writer.path, writer.close()))
     # an earlier export into this directory (another shard count) must not survive beside this one:
     # from_pretrained takes model.safetensors before an index, so a stale one would load instead
     written = {path for path, _ in shards}

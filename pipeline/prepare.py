@@ -18,11 +18,10 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.config import Config, ConfigError, DataConfig, parse_stage_args, source_names
+from pipeline.config import Config, ConfigError, DataConfig, SourceConfig, parse_stage_args, source_names
 from pipeline.data.corpus import load_source
 from pipeline.data.packing import pack_corpus, read_meta, repetition_report, write_meta
 from pipeline.data.tokenizer import load_or_train_tokenizer, tokenizer_dir
@@ -30,20 +29,13 @@ from pipeline.data.tokenizer import load_or_train_tokenizer, tokenizer_dir
 SOURCES_DIR = "sources"
 
 
-@dataclass
-class Source:
-    name: str
-    path: str
-    text_field: str
-    weight: float  # normalized: the sources' weights sum to 1
-
-
-def sources_of(d: DataConfig) -> list[Source]:
-    """data.sources, or data.source as the one source of weight 1."""
+def sources_of(d: DataConfig) -> list[SourceConfig]:
+    """data.sources with their names and text fields resolved and weights normalized to sum to 1, or
+    data.source as the one source of weight 1."""
     if not d.sources:
-        return [Source("corpus", d.source, d.text_field, 1.0)]
+        return [SourceConfig(d.source, 1.0, d.text_field, "corpus")]
     total = sum(s.weight for s in d.sources)
-    return [Source(name, s.path, s.text_field or d.text_field, s.weight / total)
+    return [SourceConfig(s.path, s.weight / total, s.text_field or d.text_field, name)
             for name, s in zip(source_names(d), d.sources)]
 
 
@@ -51,7 +43,7 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _tokenizer_record(d: DataConfig, sources: list[Source], fingerprints: list[str]) -> dict:
+def _tokenizer_record(d: DataConfig, sources: list[SourceConfig], fingerprints: list[str]) -> dict:
     common = {"vocab_size": d.vocab_size, "train_chars": d.tokenizer_train_chars,
               "validation_fraction": d.validation_fraction}
     if not d.sources:  # the single-source record of earlier versions: their tokenizers and data stay reusable
@@ -116,7 +108,8 @@ def _print_repetition(config: Config, meta: dict) -> None:
         print(f"[prepare]   {line}", flush=True)
 
 
-def _pack_mixture(d: DataConfig, sources: list[Source], corpora: list, tokenizer, out_dir: Path, common: dict) -> dict:
+def _pack_mixture(d: DataConfig, sources: list[SourceConfig], corpora: list, tokenizer, out_dir: Path,
+                  common: dict) -> dict:
     """Each source packed on its own into sources/<name>/; the top meta.json (written last) lists them."""
     parts, packed = [], {}
     for source, corpus in zip(sources, corpora):

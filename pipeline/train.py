@@ -33,9 +33,9 @@ from pipeline.data.packing import repetition_report
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
-                             end_stage_process, init_distributed, model_construction, peak_memory_gb,
-                             param_group_decays, peak_tflops_per_rank, restore_param_group_settings, skip_next_update,
-                             swaps_optimizer_to_disk, training_dtype, zero_stage)
+                             end_stage_process, init_distributed, model_construction, optimizer_swap_bytes_to_come,
+                             peak_memory_gb, param_group_decays, peak_tflops_per_rank, restore_param_group_settings,
+                             skip_next_update, swaps_optimizer_to_disk, training_dtype, zero_stage)
 from pipeline.metrics import MetricsLogger
 from pipeline.preemption import StopRequest
 from pipeline.preflight import agreed_value, all_ranks_agree
@@ -201,7 +201,9 @@ class Trainer:
         self.dtype = training_dtype(ds)
         with all_ranks_agree("the disk-space check"):
             if self.rank == 0:
-                check_disk_space(self.run_dir, checkpoint_bytes(self.engine), t.keep_checkpoints)
+                swap = (optimizer_swap_bytes_to_come(self.engine, self.run_dir / "nvme")
+                        if swaps_optimizer_to_disk(ds) else 0)
+                check_disk_space(self.run_dir, checkpoint_bytes(self.engine), t.keep_checkpoints, swap)
         self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
         if self.rank == 0:
             for line in repetition_report(self.train_samples.meta, t.steps * self.engine.train_batch_size()):

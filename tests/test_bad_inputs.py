@@ -117,3 +117,7 @@ def test_missing_data(case, tmp_path):
 def test_disk_space_shortfall(tmp_path):
     with pytest.raises(ConfigError, match="GB free; 4 checkpoints of"):
         check_disk_space(tmp_path, checkpoint_bytes=10 ** 18, keep=3)
+    free = shutil.disk_usage(tmp_path).free
+    check_disk_space(tmp_path, checkpoint_bytes=free // 8, keep=3)  # 4 checkpoints fit
+    with pytest.raises(ConfigError, match="GB of optimizer swap files need"):
+        check_disk_space(tmp_path, checkpoint_bytes=free // 8, keep=3, swap_bytes=free)

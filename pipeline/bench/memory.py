@@ -1,20 +1,23 @@
 """Benchmark: peak memory per rank of the train and grow stages, next to what they must hold.
 
     python -m pipeline.bench memory --config tiny                       # llama-micro from llama-nano, 1 and 2 ranks
-    python -m pipeline.bench memory --config tiny --ranks 2 train.deepspeed_config=zero3 \\
+    python -m pipeline.bench memory --config tiny --ranks 2,1 train.deepspeed_config=zero3 \\
         model.size=llama-125m model.layers=32 model.hidden=960 model.heads=15 model.kv_heads=5 model.ffn=2560 \\
-        --donor llama-125m:layers=30,hidden=576,heads=9,kv_heads=3,ffn=1536 train.micro_batch_size=2 data.seq_len=256
+        model.max_positions=512 train.micro_batch_size=2 --donor llama-135m:max_positions=512 \\
+        data.seq_len=256 data.vocab_size=49152 data.tokenizer=stdlib-49k data.output_dir=data/stdlib-49k-256
+        # the 360M-class target of issue 12 (README "Memory per rank": prepare that data first)
 
 Each (stage, ranks) runs the real stage through the `deepspeed` launcher for --steps steps in a fresh
 run dir (its final checkpoint and HF export included: they are part of a stage's peak), from a
 randomly initialized donor of --donor's shape (memory does not depend on the weights). Measured: the
 largest resident set of any rank over the whole stage (the launcher's children's peak, read by a
 wrapper process) and the peak over the training steps alone (the stage's perf/peak_memory_gb), and
-the runtime floor (a rank that imports the libraries and joins the group, no model). The theory is
-per rank (`theory`): ZeRO's model states (parameters, gradients, AdamW moments, fp32 masters under
-bf16, divided by the ranks where the stage partitions them), activations of one micro-batch, the
-logits and the loss's fp32 copies, and DeepSpeed's communication buckets; for the grow stage the
-operator's states, the frozen donor and the generated target weights instead of the target's states.
+the runtime floor (a rank that imports the stages' modules and libraries and joins the group, no
+model). The theory is per rank (`theory`): ZeRO's model states (parameters, gradients, AdamW
+moments, fp32 masters under bf16, divided by the ranks where the stage partitions them), activations
+of one micro-batch, the logits and the loss's fp32 copies, and DeepSpeed's communication buckets; for
+the grow stage the operator's states, the frozen donor and the generated target weights instead of
+the target's states.
 """
 
 from __future__ import annotations
@@ -43,8 +46,11 @@ GB = 1e9
 BUCKET_DEFAULTS = {"reduce_bucket_size": 5e8, "stage3_prefetch_bucket_size": 5e7}
 WRAPPER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
            "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
-FLOOR = ("import resource, torch, transformers, deepspeed; from pipeline.engine import init_distributed; "
-         "init_distributed(); print('floor_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+# VmHWM, the peak of this process's own memory: Linux's ru_maxrss of a child started with vfork + exec
+# (Python's subprocess) begins at its parent's peak, which here may hold a random donor
+FLOOR = ("import re, pipeline.train, pipeline.grow; from pipeline.engine import init_distributed; "
+         "init_distributed(); status = open('/proc/self/status').read(); "
+         "print('floor_rss_kb', re.search(r'VmHWM:\\s+(\\d+)', status)[1])")
 
 
 def parameter_counts(shape: ModelShape, vocab_size: int) -> tuple[int, int]:

@@ -121,7 +121,6 @@ class Blend:
         return source, block * int(self.counts[source]) + int(self._draw[offset])
 
 
-
 class SampleMixture:
     """The splits of several packed sources read as one: concatenated indices for random access, a
     weighted order for training and a weighted validation set (``data.sources``)."""
