@@ -5,7 +5,8 @@
 #   model 2 steps (ZeRO-3 bf16, optimizer states offloaded to <run>/nvme on disk) -> print per-rank peak
 #   memory, step times and disk use.
 #   bash launch/billion.sh          (re-running continues/finishes the same runs; outputs in runs/billion/)
-# Needs ~25 GB free disk (the 1.1B grown model in fp32, a bf16 checkpoint, the offloaded optimizer).
+# Uses ~30 GB of disk (the 1.1B grown model in fp32, a bf16 checkpoint, the offloaded optimizer); the
+# train stage's disk check asks for up to ~43 GB free (it counts a second checkpoint written beside the kept one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh

@@ -302,10 +302,22 @@ def set_master_weights(engine, values) -> None:
     """Write exact fp32 values (name -> tensor, names as engine.module.named_parameters()) into the
     optimizer's fp32 master copies. Under bf16 the module's parameters were created in bf16, and the
     masters DeepSpeed makes from them are bf16 roundings (1/3 -> 0.33398); the next step's copy-back
-    then gives the module the rounding of the exact value. Local to each rank (no collective)."""
+    then gives the module the rounding of the exact value. Local to each rank (no collective).
+
+    Under ZeRO-3 each rank writes its own partition's slice, zero-padded on the last rank: DeepSpeed
+    0.19.8's safe_set_full_fp32_param reads past the end of a value whose size the ranks do not divide
+    (the 15 q-head scales of a 15/5-head target on 2 ranks crashed the grow stage)."""
     params = dict(engine.module.named_parameters())
     for name, value in values:
-        deepspeed.utils.safe_set_full_fp32_param(params[name], value.to(torch.float32))
+        param, value = params[name], value.to(torch.float32)
+        if not hasattr(param, "ds_id"):
+            deepspeed.utils.safe_set_full_fp32_param(param, value)
+            continue
+        local = torch.zeros(param.ds_tensor.numel())
+        start = dist.get_rank(group=param.ds_process_group) * local.numel()
+        piece = value.flatten()[start:start + local.numel()]
+        local[:piece.numel()] = piece
+        deepspeed.utils.safe_set_local_fp32_param(param, local)
 
 
 def _register_shared_parameters(model: torch.nn.Module) -> None:

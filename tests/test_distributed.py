@@ -286,18 +286,40 @@ def test_lossless_growth_through_the_stage_keeps_the_donor_loss(prepared, donor,
     bf16 = ds_config.endswith("bf16")
     assert report["val_loss_donor"] == pytest.approx(donor_loss, rel=1e-2 if bf16 else 1e-5)
     assert report["val_loss_heuristic_init"] == pytest.approx(report["val_loss_donor"], rel=1e-2 if bf16 else 1e-5)
-    # the learned operator (fp32 masters) starts at the exact fp32 init, not its bf16 rounding (0.6 -> 0.6016)
+    assert_saved_operator_is_its_exact_init(tmp_path / "g", donor)
+
+
+def assert_saved_operator_is_its_exact_init(run_dir, donor):
+    """The learned operator (fp32 masters) of a grow run with grow.steps=0 is the exact fp32 init, not
+    its bf16 rounding (0.6 -> 0.6016)."""
     import torch
     from transformers import AutoConfig
     from pipeline.growth.adapters import adapter_for
     from pipeline.growth.operator import GrowthPlan, operator_init
     from pipeline.models.sizes import ModelShape
-    plan = report["plan"]
+    plan = json.loads((run_dir / "report.json").read_text())["plan"]
     plan = GrowthPlan(**{**plan, "donor": ModelShape(**plan["donor"]), "target": ModelShape(**plan["target"])})
-    saved = torch.load(tmp_path / "g" / "operator.pt")
+    saved = torch.load(run_dir / "operator.pt")
     init = dict(operator_init(plan, adapter_for(AutoConfig.from_pretrained(donor))).named_values())
     assert saved.keys() == {f"operator.{name}" for name in init}
     assert all(torch.equal(saved[f"operator.{name}"], value) for name, value in init.items())
+
+
+def test_grow_under_zero3_bf16_with_operator_sizes_the_ranks_do_not_divide(prepared, tmp_path):
+    """Odd head counts (6/3 heads grown to 9/3) give operator parameters of odd size (9 q-head scales,
+    3 x 3 kv-head mixing), which 2 ranks do not divide: DeepSpeed 0.19.8's safe_set_full_fp32_param
+    reads past the end of such a value on the last rank (it crashed the 15/5-head grow); the stage
+    writes each rank's slice. The masters hold the exact init and growth is lossless."""
+    from pipeline.data.tokenizer import load_tokenizer
+    from pipeline.models.hf import save_initialized_model
+    from pipeline.models.sizes import SIZES
+    root, _, meta = prepared
+    donor = tmp_path / "donor"
+    save_initialized_model(SIZES["llama-nano-3x192"], load_tokenizer(meta["tokenizer"]), meta["vocab_size"], donor, 0)
+    grow(tmp_path / "g", root, donor, "train.deepspeed_config=zero3_bf16", "grow.steps=0", "model.size=llama-nano",
+         "model.layers=4", "model.hidden=288", "model.heads=9", "model.kv_heads=3", "model.ffn=792")
+    assert_saved_operator_is_its_exact_init(tmp_path / "g", donor)
+    assert exported_val_loss(tmp_path / "g" / "hf", root) == pytest.approx(exported_val_loss(donor, root), rel=1e-4)
 
 
 def run_two_nodes(tmp_path, stage, args, timeout=600):
