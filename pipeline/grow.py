@@ -123,6 +123,7 @@ class GrowStage(PretrainStage):
         for shard in self.donor_shards:
             state.update(load_file(shard))
         donor_globals, donor_layers = self.adapter.to_canonical(state, self.plan.donor.layers)
+        del state  # the canonical dicts hold the donor now
         return GrowthOperator(self.plan, self.adapter, donor_globals, donor_layers, init)
 
     def build_model(self, config: Config, target_config, ds: dict) -> torch.nn.Module:
@@ -187,24 +188,27 @@ class GrowStage(PretrainStage):
         """Rank 0 rebuilds the operator in fp32 on CPU from the donor files and the trained coefficients
         (the optimizer's fp32 masters: under bf16 the engine's copies are rounded), then streams the
         target, generated layer by layer, into <run>/hf's shards (never the whole target in memory)."""
-        trainable = {name: value for name, value in full_fp32_parameters(trainer.engine, trainer.rank, trainable_only=True)
-                     if value is not None}
         per_rank = trainable_parameters_per_rank(trainer.engine)
+        operator = self._operator() if trainer.rank == 0 else None
+        trainable = {name: p for name, p in operator.named_parameters() if p.requires_grad} if operator else {}
+        # one gathered parameter at a time, straight into the rebuilt operator (collective: every rank)
+        for name, value in full_fp32_parameters(trainer.engine, trainer.rank, trainable_only=True):
+            if value is not None:
+                trainable.pop(name.removeprefix("operator.")).data.copy_(value)
         weights = iter(())
         if trainer.rank == 0:
-            operator = self._operator()
-            missing, unexpected = operator.load_state_dict(
-                {name.removeprefix("operator."): value for name, value in trainable.items()}, strict=False)
-            assert not unexpected and all(not p.requires_grad for n, p in operator.named_parameters() if n in missing)
-            weights = operator.materialize()  # generated a layer at a time as the writer takes them
-            torch.save(trainable, trainer.run_dir / "operator.pt")
+            assert not trainable, f"operator parameters the engine did not train: {sorted(trainable)}"
+            learned = {f"operator.{name}": p.detach() for name, p in operator.named_parameters() if p.requires_grad}
+            torch.save(learned, trainer.run_dir / "operator.pt")
+            operator_parameters = sum(v.numel() for v in learned.values())
             (trainer.run_dir / "operator.json").write_text(json.dumps(
                 {"plan": dataclasses.asdict(self.plan), "donor": trainer.config.grow.donor}, indent=2))
+            weights = operator.materialize()  # generated a layer at a time as the writer takes them
         trainer.record_data_position(trainer.run_dir / "hf")  # before the weights: config.json comes last
         checkpoint.write_hf_dir(weights, trainer.engine.module.config, trainer.tokenizer, trainer.run_dir / "hf",
                                 trainer.rank)
         if trainer.rank == 0:
-            self._write_report(trainer, sum(v.numel() for v in trainable.values()), per_rank)
+            self._write_report(trainer, operator_parameters, per_rank)
 
     def _write_report(self, trainer: Trainer, operator_params: int, per_rank: list[int]) -> None:
         records = read_metrics(trainer.run_dir)
