@@ -252,6 +252,8 @@ class SafetensorsWriter:
         return len(json.dumps({**self.header, name: self._entry(tensor)})) <= self.HEADER_ROOM
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self.header:  # its bytes would stay in the file, unreferenced: not a valid file
+            raise ValueError(f"{self.path}: tensor {name!r} written twice")
         entry = self._entry(tensor)
         self.file.write(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
         self.header[name] = entry

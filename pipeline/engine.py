@@ -58,9 +58,9 @@ def return_freed_tensors_to_the_os(threshold: int = 1 << 20) -> None:
     ranks, `pipeline.bench memory`): 7.13 GB peak per rank by default, 4.86 GB with 1 MiB, 5.4 GB
     with 4 MiB. The price is paid where tensors live in host memory (CPU training): fresh pages for
     every large allocation made steps ~20% slower there (15.8 s against 12.8 s). To trade memory back
-    for speed set MALLOC_MMAP_THRESHOLD_ (bytes) in the environment: it is then left as it is. Other
-    C libraries than glibc are left alone."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    for speed set MALLOC_MMAP_THRESHOLD_ (bytes; or GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...) in
+    the environment: it is then left as it is. Other C libraries than glibc are left alone."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -313,6 +313,8 @@ def set_master_weights(engine, values) -> None:
         if not hasattr(param, "ds_id"):
             deepspeed.utils.safe_set_full_fp32_param(param, value)
             continue
+        if value.numel() != param.ds_numel:
+            raise ValueError(f"{name}: {value.numel()} values for a parameter of {param.ds_numel}")
         local = torch.zeros(param.ds_tensor.numel())
         start = dist.get_rank(group=param.ds_process_group) * local.numel()
         piece = value.flatten()[start:start + local.numel()]
@@ -409,7 +411,8 @@ def optimizer_swap_bytes_to_come(engine, swap_dir: Path) -> int:
     trainable element of the node's ranks (fp32 master, two Adam moments, fp32 gradient; measured 15.3
     at 1B), less what swap_dir holds already."""
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters() if p.requires_grad)
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+    # the deepspeed launcher says LOCAL_SIZE, torchrun LOCAL_WORLD_SIZE
+    local_ranks = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or dist.get_world_size())
     written = sum(f.stat().st_size for f in swap_dir.rglob("*") if f.is_file()) if swap_dir.exists() else 0
     return max(0, 16 * trainable * local_ranks // dist.get_world_size() - written)
 

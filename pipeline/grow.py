@@ -43,6 +43,7 @@ from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.growth.operator import (GrowthOperator, GrowthPlan, OperatorInit, check_plan, generation_flops,
                                       grown_config, lossy_choices, operator_init)
 from pipeline.metrics import read_metrics
+from pipeline.preflight import all_ranks_agree
 from pipeline.models.hf import shape_of
 from pipeline.models.sizes import resolve_shape
 from pipeline.train import PretrainStage, Trainer, TrainingHalted, stage_flags
@@ -189,15 +190,23 @@ class GrowStage(PretrainStage):
         (the optimizer's fp32 masters: under bf16 the engine's copies are rounded), then streams the
         target, generated layer by layer, into <run>/hf's shards (never the whole target in memory)."""
         per_rank = trainable_parameters_per_rank(trainer.engine)
-        operator = self._operator() if trainer.rank == 0 else None
+        with all_ranks_agree("rebuilding the operator for the export"):  # rank 0 reads the donor files
+            operator = self._operator() if trainer.rank == 0 else None
         trainable = {name: p for name, p in operator.named_parameters() if p.requires_grad} if operator else {}
+        unknown = []
         # one gathered parameter at a time, straight into the rebuilt operator (collective: every rank)
         for name, value in full_fp32_parameters(trainer.engine, trainer.rank, trainable_only=True):
             if value is not None:
-                trainable.pop(name.removeprefix("operator.")).data.copy_(value)
+                target = trainable.pop(name.removeprefix("operator."), None)
+                if target is None:
+                    unknown.append(name)
+                else:
+                    target.data.copy_(value)
+        with all_ranks_agree("matching the trained parameters to the rebuilt operator"):
+            if unknown or trainable:
+                raise RuntimeError(f"the rebuilt operator lacks {unknown} and has untrained {sorted(trainable)}")
         weights = iter(())
         if trainer.rank == 0:
-            assert not trainable, f"operator parameters the engine did not train: {sorted(trainable)}"
             learned = {f"operator.{name}": p.detach() for name, p in operator.named_parameters() if p.requires_grad}
             torch.save(learned, trainer.run_dir / "operator.pt")
             operator_parameters = sum(v.numel() for v in learned.values())

@@ -126,3 +126,12 @@ def test_hf_export_holds_one_tensor_at_a_time(tmp_path):
         for i in range(24):
             value = f.get_tensor(f"w{i}")
             assert value.dtype == (torch.bfloat16 if i % 2 else torch.float32) and torch.all(value == i)
+
+
+def test_hf_export_refuses_a_tensor_name_twice(tmp_path):
+    """A repeated name would leave its first bytes unreferenced in the file: safetensors rejects that."""
+    from types import SimpleNamespace
+    from pipeline.checkpoint import write_hf_files
+    saver = SimpleNamespace(save_pretrained=lambda out_dir: None)
+    with pytest.raises(ValueError, match="'w' written twice"):
+        write_hf_files([("w", torch.ones(3)), ("w", torch.zeros(3))], saver, saver, tmp_path)
