@@ -88,13 +88,6 @@ def test_training_decreases_loss_and_resumes_exactly(prepared, tmp_path, ds_conf
     assert [v for _, v in scalars["train/loss"]] == pytest.approx(losses, rel=1e-6)
 
 
-def parameter_count(hf_dir: Path) -> int:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    with torch.device("meta"):
-        return sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hf_dir)).parameters())
-
-
 @pytest.mark.skipif(not Path("/usr/include/libaio.h").exists(),
                     reason="NVMe offload needs libaio's headers (apt-get install libaio-dev; launch/billion.sh does)")
 def test_nvme_offloaded_optimizer_trains_and_resumes_only_when_forced(prepared, tmp_path):
@@ -110,7 +103,10 @@ def test_nvme_offloaded_optimizer_trains_and_resumes_only_when_forced(prepared, 
     assert list((tmp_path / "whole" / "nvme" / "zero_stage_3" / "optimizer").glob("rank*/exp_avg*.swp"))
     # the disk-space check's estimate of the swap files (16 bytes per trainable element) is not exceeded
     swapped = sum(f.stat().st_size for f in (tmp_path / "whole" / "nvme").rglob("*") if f.is_file())
-    assert 0 < swapped <= 16 * parameter_count(tmp_path / "whole" / "hf")
+    from pipeline.bench.memory import parameter_counts
+    from pipeline.models.hf import checkpoint_config, shape_of
+    exported = checkpoint_config(tmp_path / "whole" / "hf")
+    assert 0 < swapped <= 16 * parameter_counts(shape_of(exported), exported.vocab_size)[0]
     losses = [r["train/loss"] for r in reference if "train/loss" in r]
     assert losses[-1] < losses[0]
     train(tmp_path / "parts", root, *stage, flags=["--until-step", "2"])
