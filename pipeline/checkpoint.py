@@ -29,6 +29,7 @@ from safetensors import safe_open
 from pipeline.config import ConfigError
 from pipeline.engine import full_fp32_parameters
 from pipeline.models.hf import HFWeights
+from pipeline.optimizer_state import MOMENTS, OPTIMIZER_FILE, full_moments, optimizer_metadata, optimizer_step_count
 
 
 def latest_tag(checkpoint_dir: Path) -> str | None:
@@ -216,6 +217,38 @@ def save_hf_model(engine, hf_config, tokenizer, out_dir: Path, rank: int) -> Non
     write_hf_dir(full_fp32_parameters(engine, rank), hf_config, tokenizer, out_dir, rank)
 
 
+def save_optimizer_file(engine, out_dir: Path, rank: int) -> None:
+    """AdamW's moments, one parameter at a time, into <out_dir>/optimizer/adamw.safetensors (see
+    pipeline/optimizer_state.py). Collective. Written before the weights: config.json, written last,
+    marks the whole dir complete."""
+    step = optimizer_step_count(engine)
+    entries = ((f"{name}.{key}", value) for name, *values in full_moments(engine, rank)
+               for key, value in zip(MOMENTS, values))
+    betas = engine.client_optimizer.param_groups[0]["betas"]
+    write_optimizer_file(entries, optimizer_metadata(step or 0, betas), out_dir, rank)
+
+
+def write_optimizer_file(entries, metadata: dict[str, str], out_dir: Path, rank: int) -> None:
+    """Rank 0 streams (name, tensor) pairs into <out_dir>/optimizer/adamw.safetensors; other ranks
+    iterate `entries` (a generator may run collectives; their values are None)."""
+    if rank != 0:
+        for _ in entries:
+            pass
+        return
+    path = out_dir / OPTIMIZER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = SafetensorsWriter(path.with_suffix(".tmp"), metadata)
+    for name, tensor in entries:
+        writer.add(name, tensor)
+    writer.close()
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def remove_optimizer_file(out_dir: Path) -> None:
+    """An earlier export's moments must not pass for this export's."""
+    (out_dir / OPTIMIZER_FILE).unlink(missing_ok=True)
+
+
 def write_hf_dir(weights, hf_config, tokenizer, out_dir: Path, rank: int) -> None:
     """Rank 0 writes the model dir from `weights`, (HF name, tensor) pairs; every rank iterates them (a
     generator may run collectives; other ranks' values are None) and ends with a barrier."""
@@ -236,11 +269,11 @@ class SafetensorsWriter:
     HEADER_ROOM = 256 * 1024  # ~2,000 tensor entries; a fuller shard is closed (has_room)
     DTYPES = {dtype: code for code, dtype in _TORCH_DTYPES.items()}
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, metadata: dict[str, str] | None = None):
         self.path = path
         self.file = path.open("wb")
         self.file.seek(8 + self.HEADER_ROOM)
-        self.header = {"__metadata__": {"format": "pt"}}
+        self.header = {"__metadata__": {"format": "pt", **(metadata or {})}}
         self.data_bytes = 0
 
     def _entry(self, tensor: torch.Tensor) -> dict:

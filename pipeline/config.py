@@ -123,6 +123,26 @@ class ModelConfig:
 
 
 @dataclass
+class ContinuedConfig:
+    """The schedule of a run that starts from pretrained weights (train.init_from: a donor, a grown
+    model). The recipe's lr and warmup are tuned for a random init; re-warming a trained model to that
+    peak with a fresh AdamW undoes part of what it knows (README, "Continued pretraining after growth")."""
+    enabled: bool = True
+    """Use the settings below when train.init_from is set (false: the recipe's lr, warmup_steps and
+    moment_warmup_steps, as a random init uses them)."""
+    lr_ratio: float = 0.5
+    """Peak LR as a fraction of train.lr."""
+    warmup_steps: int = 0
+    """Linear warmup to the peak after the moment warm-up."""
+    moment_warmup_steps: int = 10
+    """Steps at LR 0 that fill AdamW's moments before the first update (train.moment_warmup_steps);
+    none when the optimizer starts from the moments train.init_from carries (train.init_optimizer)."""
+    new_units_lr_scale: float = 1.0
+    """LR factor of a grown model's coordinates that have no donor counterpart (new units, new layers),
+    where the grown dir's optimizer file marks them (pipeline/growth/moments.py)."""
+
+
+@dataclass
 class TrainConfig:
     deepspeed_config: str = "zero2"
     """A JSON in ds_configs/ (name without .json) or a path. Batch, clipping and optimizer come from
@@ -141,6 +161,10 @@ class TrainConfig:
     """Cosine decay floor as a fraction of lr."""
     warmup_steps: int = 20
     """Linear warmup from 0 to lr."""
+    moment_warmup_steps: int = 0
+    """Steps at LR 0 before the warmup: AdamW accumulates its gradient moments while the weights stay
+    bit-identical, so the first real updates are not the sign-like steps of an empty second moment
+    (for pretrained starts; the data they read counts as trained on)."""
     weight_decay: float = 0.1
     """Decoupled weight decay on matrices (not on norms, biases or embeddings)."""
     beta1: float = 0.9
@@ -173,9 +197,19 @@ class TrainConfig:
     seed: int = 0
     """Seed of model initialization and every RNG."""
     init_from: typing.Optional[str] = None
-    """HF model dir to start from (weights only; optimizer and step start fresh). Not a resume."""
+    """HF model dir to start from (weights only; optimizer and step start fresh). Not a resume. Its
+    LR schedule: train.continued."""
+    continued: ContinuedConfig = field(default_factory=ContinuedConfig)
+    """How a run from train.init_from schedules its LR (replaces lr, warmup_steps, moment_warmup_steps)."""
+    init_optimizer: str = "auto"
+    """How a run from train.init_from starts AdamW: auto (from the dir's optimizer/adamw.safetensors if it
+    has one: moments, step count and a grown model's per-coordinate LR scales), moments (the moments and
+    step only) or fresh (empty)."""
     save_hf: bool = True
     """Write the final weights as a Hugging Face model dir (<run>/hf) for the next stage."""
+    save_hf_optimizer: bool = True
+    """With save_hf, also write AdamW's moments into <run>/hf/optimizer/ (8 bytes per parameter), so a
+    run or grow stage that starts from this model can continue its optimizer."""
 
 
 @dataclass
@@ -459,6 +493,23 @@ def parse_stage_args(description: str, argv: list[str] | None = None,
         parser.exit(2, f"config error: {err}\n")
 
 
+INIT_OPTIMIZER = ("auto", "moments", "fresh")
+
+
+def schedule_for_start(t: TrainConfig, carries_moments: bool = False) -> TrainConfig:
+    """The optimizer schedule a run uses: the recipe's as written for a random init; from pretrained
+    weights (train.init_from) with train.continued enabled, the continued settings replace lr,
+    warmup_steps and moment_warmup_steps (no moment warm-up when the optimizer starts from carried
+    moments). The result has continued disabled, so resolving it again (a prune round that starts from
+    rewound weights) keeps the schedule of the run it replays."""
+    if t.init_from is None or not t.continued.enabled:
+        return t
+    c = t.continued
+    return dataclasses.replace(t, lr=t.lr * c.lr_ratio, warmup_steps=c.warmup_steps,
+                               moment_warmup_steps=0 if carries_moments else c.moment_warmup_steps,
+                               continued=dataclasses.replace(c, enabled=False))
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation of values that type-check but cannot work.
 
@@ -485,6 +536,18 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.lr must be > 0 and train.min_lr_ratio in [0, 1] (got {t.lr}, {t.min_lr_ratio})")
     if not 0 <= t.warmup_steps <= t.steps:
         raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be in [0, train.steps={t.steps}]")
+    if not 0 <= t.moment_warmup_steps <= t.steps - t.warmup_steps:
+        raise ConfigError(f"train.moment_warmup_steps={t.moment_warmup_steps} must be in [0, train.steps - "
+                          f"train.warmup_steps = {t.steps - t.warmup_steps}]")
+    if t.init_optimizer not in INIT_OPTIMIZER:
+        raise ConfigError(f"train.init_optimizer must be one of {INIT_OPTIMIZER}, got {t.init_optimizer!r}")
+    c = t.continued
+    if c.new_units_lr_scale < 0:
+        raise ConfigError(f"train.continued.new_units_lr_scale must be >= 0, got {c.new_units_lr_scale}")
+    if c.lr_ratio <= 0 or not 0 <= c.warmup_steps + c.moment_warmup_steps <= t.steps or min(
+            c.warmup_steps, c.moment_warmup_steps) < 0:
+        raise ConfigError(f"train.continued: need lr_ratio > 0 and warmup_steps, moment_warmup_steps >= 0 with their "
+                          f"sum <= train.steps={t.steps} (got {c.lr_ratio}, {c.warmup_steps}, {c.moment_warmup_steps})")
     g = config.grow
     for name, allowed in (("depth_init", DEPTH_SCHEMES), ("new_layers", NEW_LAYER_PLACEMENTS),
                           ("width_init", WIDTH_SCHEMES), ("depth_coefficients", DEPTH_COEFFICIENTS)):

@@ -166,12 +166,18 @@ def partitioned_construction(ds: dict):
 
 
 def warmup_cosine(train: TrainConfig):
-    """LR multiplier for the optimizer step with 0-based index s: linear warmup that reaches the peak at
-    the last warmup step, then cosine decay to min_lr_ratio at the final step."""
+    """LR multiplier for the optimizer step with 0-based index s: train.moment_warmup_steps steps at LR 0
+    (AdamW only fills its moments: the weights stay bit-identical), then linear warmup that reaches the
+    peak at the last warmup step, then cosine decay to min_lr_ratio at the final step."""
+    hold = train.moment_warmup_steps
+
     def factor(s: int) -> float:
+        if s < hold:
+            return 0.0
+        s -= hold
         if s < train.warmup_steps:
             return (s + 1) / train.warmup_steps
-        decay_steps = max(train.steps - train.warmup_steps - 1, 1)
+        decay_steps = max(train.steps - hold - train.warmup_steps - 1, 1)
         progress = min((s - train.warmup_steps) / decay_steps, 1.0)
         return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor
@@ -192,15 +198,53 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 class AdamW(torch.optim.AdamW):
-    """torch AdamW whose next update can be skipped. DeepSpeed (ZeRO 0-3, bf16) calls the wrapped
-    optimizer's step() on the fp32 master weights and copies them back, so returning early leaves
-    weights and moments exactly as they were: the way to drop a step whose loss was not finite."""
+    """torch AdamW whose next update can be skipped, with optional per-coordinate LR scales.
+
+    Skipping: DeepSpeed (ZeRO 0-3, bf16) calls the wrapped optimizer's step() on the fp32 master
+    weights and copies them back, so returning early leaves weights and moments exactly as they were:
+    the way to drop a step whose loss was not finite.
+
+    `lr_scales` (id of a tensor this optimizer steps -> a tensor of its shape): that tensor's Adam
+    update is multiplied coordinate-wise by the scale (decoupled weight decay is not: it shrinks by
+    lr * weight_decay as usual). A grown model's split columns need this to take their donor's step
+    (pipeline/growth/moments.py); set by pipeline.optimizer_state, never saved in checkpoints."""
     skip_next_update = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lr_scales: dict[int, torch.Tensor] = {}
 
     def step(self, closure=None):
         if self.skip_next_update:
             return None
-        return super().step(closure)
+        if not self.lr_scales:
+            return super().step(closure)
+        scaled = []  # stepped here; torch's step skips tensors without a gradient
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and id(p) in self.lr_scales:
+                    scaled.append((group, p, p.grad))
+                    p.grad = None
+        super().step(closure)
+        for group, p, grad in scaled:
+            self._scaled_update(group, p, grad, self.lr_scales[id(p)])
+            p.grad = grad
+        return None
+
+    @torch.no_grad()
+    def _scaled_update(self, group: dict, p: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor) -> None:
+        """torch's AdamW update (amsgrad off) with the Adam term scaled by `scale`."""
+        state = self.state[p]
+        if not state:
+            state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        step = float(state["step"])
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** step)).add_(group["eps"])
+        p.addcdiv_(state["exp_avg"] * scale, denom, value=-group["lr"] / (1 - beta1 ** step))
 
 
 class OffloadAdamW(DeepSpeedCPUAdam):

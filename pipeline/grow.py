@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -39,10 +40,12 @@ from pipeline.engine import (all_reduce_mean, build_engine, end_stage_process, f
                              partitioned_construction, set_master_weights, trainable_parameters_per_rank)
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
+from pipeline.growth.moments import MomentMap, exactness_problem
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.growth.operator import (GrowthOperator, GrowthPlan, OperatorInit, check_plan, generation_flops,
                                       grown_config, lossy_choices, operator_init)
 from pipeline.metrics import read_metrics
+from pipeline.optimizer_state import MOMENTS, OPTIMIZER_FILE, read_saved_state
 from pipeline.preflight import all_ranks_agree
 from pipeline.models.hf import shape_of
 from pipeline.models.sizes import resolve_shape
@@ -113,10 +116,14 @@ class GrowStage(PretrainStage):
     def weights_source(self, config: Config) -> str | None:
         return config.grow.donor
 
+    def saved_optimizer(self, config: Config):
+        return None  # the operator's AdamW starts empty
+
     def schedule(self, config: Config) -> TrainConfig:
         g = config.grow
         return dataclasses.replace(config.train, steps=g.steps, lr=g.lr, warmup_steps=min(g.warmup_steps, g.steps),
-                                   min_lr_ratio=g.min_lr_ratio, weight_decay=g.weight_decay, init_from=None,
+                                   moment_warmup_steps=0, min_lr_ratio=g.min_lr_ratio, weight_decay=g.weight_decay,
+                                   init_from=None,
                                    eval_interval=min(config.train.eval_interval, max(g.steps, 1)))
 
     def _operator(self, init: OperatorInit | None = None) -> GrowthOperator:
@@ -214,10 +221,53 @@ class GrowStage(PretrainStage):
                 {"plan": dataclasses.asdict(self.plan), "donor": trainer.config.grow.donor}, indent=2))
             weights = operator.materialize()  # generated a layer at a time as the writer takes them
         trainer.record_data_position(trainer.run_dir / "hf")  # before the weights: config.json comes last
+        if trainer.rank == 0:
+            self._write_grown_moments(trainer)
         checkpoint.write_hf_dir(weights, trainer.engine.module.config, trainer.tokenizer, trainer.run_dir / "hf",
                                 trainer.rank)
         if trainer.rank == 0:
             self._write_report(trainer, operator_parameters, per_rank)
+
+    def _write_grown_moments(self, trainer: Trainer) -> None:
+        """Rank 0: the donor's AdamW moments mapped into the grown model with its per-coordinate LR scales
+        (pipeline/growth/moments.py), where the donor dir carries them and the map is exact."""
+        hf_dir = trainer.run_dir / "hf"
+        checkpoint.remove_optimizer_file(hf_dir)
+        saved = read_saved_state(trainer.config.grow.donor)
+        init = operator_init(self.plan, self.adapter)
+        problem = (f"{trainer.config.grow.donor} has no {OPTIMIZER_FILE}" if saved is None
+                   else exactness_problem(self.plan, self.adapter, init, trainer.schedule.steps))
+        if problem:
+            print(f"[grow] the donor's AdamW moments are not carried ({problem}); the train stage warms them up "
+                  f"(train.continued.moment_warmup_steps)", flush=True)
+            return
+        donor = {key: {} for key in MOMENTS}
+        for name in sorted(saved.names):
+            param, _, key = name.rpartition(".")
+            if key in MOMENTS:
+                donor[key][param] = saved.get(name)
+        canonical = {key: self.adapter.to_canonical(tensors, self.plan.donor.layers) for key, tensors in donor.items()}
+        del donor
+        moment_map = MomentMap(self.plan, self.adapter, init)
+        globals_ = {key: canon[0] for key, canon in canonical.items()}
+        layers = {key: canon[1] for key, canon in canonical.items()}
+
+        def entries():
+            for key in canonical["exp_avg"][0]:
+                for kind, value in moment_map.global_tensors(key, globals_, self.plan.target.max_positions).items():
+                    yield f"{self.adapter.global_name(key)}.{kind}", value
+            for i in range(self.plan.target.layers):
+                mapped = moment_map.layer_tensors(i, layers)
+                prefix = self.adapter.layer_prefix(i)
+                for kind in ("exp_avg", "exp_avg_sq", "lr_scale", "new"):
+                    for name, value in self.adapter.layer_to_hf({k: v[kind] for k, v in mapped.items()}).items():
+                        yield f"{prefix}{name}.{kind}", value
+
+        with safe_open(saved.path, framework="pt") as f:
+            metadata = f.metadata()
+        checkpoint.write_optimizer_file(entries(), metadata, hf_dir, rank=0)
+        print(f"[grow] the donor's AdamW moments (step {saved.step}) mapped exactly into {hf_dir / OPTIMIZER_FILE}, "
+              f"with per-coordinate LR scales", flush=True)
 
     def _write_report(self, trainer: Trainer, operator_params: int, per_rank: list[int]) -> None:
         records = read_metrics(trainer.run_dir)

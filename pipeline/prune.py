@@ -208,7 +208,7 @@ class LotteryRun:
             return
         if self.rank == 0:
             print(f"[prune] {name}: training", flush=True)
-        t = self.config.train
+        t = PretrainStage().schedule(self.config)  # every round replays the dense round's schedule
         config = dataclasses.replace(self.config, run=dataclasses.replace(self.config.run, dir=str(round_dir)),
                                      data=dataclasses.replace(self.config.data, start=str(self.data_start)),
                                      train=dataclasses.replace(t, init_from=init_from, seed=seed, save_hf=True))

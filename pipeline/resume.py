@@ -28,6 +28,7 @@ from pipeline.config import Config, ConfigError
 # sections a stage does not read (its `unread_sections`: `grow` and `prune` for the train stage, `bench` for all).
 HARMLESS_KEYS = {"run.dir", "train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint_interval",
                  "train.keep_checkpoints", "train.throughput_warmup_steps", "train.peak_tflops", "train.save_hf",
+                 "train.save_hf_optimizer",
                  "train.preemption_grace_s", "train.max_skipped_steps", "data.num_proc",
                  # a resumed run keeps the data start it was launched with (its checkpoint's progress), and
                  # how prepare divided .txt files shows in the packed data's key, which resume checks
@@ -52,12 +53,20 @@ def breaking_changes(saved: dict, current: dict, unread_sections: tuple[str, ...
     """`key: old -> new` for every change that breaks an exact continuation of a stage that does not
     read `unread_sections`. A key the saved config lacks (added to the pipeline after it was written)
     counts as its default: the code that wrote it behaved as the default does."""
-    old, new = {**flatten(Config().to_dict()), **flatten(saved)}, flatten(current)
+    old, new = {**flatten(Config().to_dict()), **_behaviour_before_keys(saved), **flatten(saved)}, flatten(current)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in HARMLESS_KEYS
                      and k.split(".")[0] not in unread_sections)
     if not any(k not in BATCH_SPLIT_KEYS for k in changed):
         changed = []  # only the per-rank split changed: the caller checks the global batch
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+
+
+def _behaviour_before_keys(saved: dict) -> dict:
+    """Keys whose default differs from how the pipeline behaved before they existed: a run from
+    train.init_from written before train.continued used the recipe's schedule as a random init does."""
+    if saved.get("train", {}).get("init_from") and "continued" not in saved.get("train", {}):
+        return {"train.continued.enabled": False}
+    return {}
 
 
 def check_launch(run_dir: Path, mode: str | None, overwrite: bool, config: Config, world_size: int,

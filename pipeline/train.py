@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipeline import __version__, checkpoint
-from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
+from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args, schedule_for_start
 from pipeline.data.loader import TrainBatches, data_start, open_samples, validation_batches, write_data_position
 from pipeline.data.packing import repetition_report
 from pipeline.data.tokenizer import load_tokenizer
@@ -37,6 +37,7 @@ from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, chec
                              peak_memory_gb, param_group_decays, peak_tflops_per_rank, restore_param_group_settings,
                              skip_next_update, swaps_optimizer_to_disk, training_dtype, zero_stage)
 from pipeline.metrics import MetricsLogger
+from pipeline.optimizer_state import SavedState, install_saved_state, read_saved_state
 from pipeline.preemption import StopRequest
 from pipeline.preflight import agreed_value, all_ranks_agree
 from pipeline.resume import check_disk_space, check_launch, prepare_run_dir
@@ -61,7 +62,14 @@ class PretrainStage:
         stage reads its donor here)."""
 
     def schedule(self, config: Config) -> TrainConfig:
-        return config.train
+        return schedule_for_start(config.train, self.saved_optimizer(config) is not None)
+
+    def saved_optimizer(self, config: Config) -> SavedState | None:
+        """The optimizer state a fresh run starts from (train.init_optimizer), if its model dir has one."""
+        t = config.train
+        if t.init_from is None or t.init_optimizer == "fresh":
+            return None
+        return read_saved_state(t.init_from)
 
     def first_step(self, config: Config) -> int:
         """Where a fresh run starts: its LR schedule and data order are replayed from this step (the
@@ -118,10 +126,15 @@ class PretrainStage:
         return config.train.init_from
 
     def export(self, trainer: "Trainer") -> None:
-        if trainer.config.train.save_hf:
-            trainer.record_data_position(trainer.run_dir / "hf")  # before the weights: config.json comes last
+        t, hf_dir = trainer.config.train, trainer.run_dir / "hf"
+        if t.save_hf:
+            trainer.record_data_position(hf_dir)  # before the weights: config.json comes last
+            if trainer.rank == 0:
+                checkpoint.remove_optimizer_file(hf_dir)
+            if t.save_hf_optimizer:
+                checkpoint.save_optimizer_file(trainer.engine, hf_dir, trainer.rank)
             checkpoint.save_hf_model(trainer.engine, trainer.engine.module.config, trainer.tokenizer,
-                                     trainer.run_dir / "hf", trainer.rank)
+                                     hf_dir, trainer.rank)
 
 
 class TrainingHalted(RuntimeError):
@@ -224,6 +237,14 @@ class Trainer:
             self.progress = checkpoint.load(self.engine, self.checkpoint_dir, self.rank, self.universal)
             self.train_seconds = self.progress.get("train_seconds", 0.0)
             restore_param_group_settings(self.engine, decays, self.universal)
+        saved = self.stage.saved_optimizer(config)
+        if saved is not None:  # moments only on a fresh start (a checkpoint has its own); LR scales always
+            lr_scales = config.train.init_optimizer == "auto"
+            install_saved_state(self.engine, saved, moments=self.resume_from is None, lr_scales=lr_scales,
+                                new_lr_scale=config.train.continued.new_units_lr_scale)
+            if self.rank == 0 and self.resume_from is None:
+                print(f"[{self.stage.name}] AdamW starts from {saved.path} (step {saved.step}"
+                      f"{', per-coordinate LR scales' if lr_scales and saved.has_lr_scales else ''})", flush=True)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, 0 if self.resume_from is None else self.progress["step"])
         self.stop = StopRequest(t.preemption_grace_s)
         self.skipped_in_a_row = 0

@@ -1,0 +1,152 @@
+"""AdamW's state through growth (pipeline/growth/moments.py): with the donor's moments mapped into the
+lossless start and the per-coordinate LR scales, one AdamW step of the grown model changes its function
+exactly as the donor's own step changes the donor's; and training still breaks the copies' symmetry."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pipeline.engine import AdamW
+from pipeline.growth.adapters import adapter_for
+from pipeline.growth.moments import MomentMap, exactness_problem
+from pipeline.growth.operator import GrowthOperator, GrowthPlan, grown_config, operator_init
+from pipeline.models.hf import shape_of
+from pipeline.models.sizes import ModelShape
+from test_growth import VOCAB, make_donor, materialized
+
+LR, BETAS, DECAY = 1e-3, (0.9, 0.95), 0.1
+
+CASES = {  # width-only at non-integer ratios (and new layers for GPT-2, whose residual cannot grow exactly)
+    "llama 5/3: hidden 48 -> 80, 6/3 -> 10/5 heads, ffn 96 -> 160": (
+        ModelShape("llama", 2, 48, 6, 3, 96, 64), ModelShape("llama", 2, 80, 10, 5, 160, 64)),
+    "llama GQA 9/3 -> 15/5, untied": (
+        ModelShape("llama", 2, 72, 9, 3, 128, 64), ModelShape("llama", 2, 120, 15, 5, 208, 64)),
+    "gpt2 ffn 7/4, 2 -> 3 layers": (
+        ModelShape("gpt2", 2, 64, 2, 2, 128, 64), ModelShape("gpt2", 3, 64, 2, 2, 224, 64)),
+}
+
+
+def batch(seed, rows=4, length=24):
+    return torch.randint(0, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+def step(model, optimizer, ids):
+    optimizer.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+
+
+def decay_groups(model):
+    return [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": DECAY},
+            {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def trained_donor(shape, tied):
+    """A donor with real moments: a few AdamW steps on random batches."""
+    donor = make_donor(shape, tied=tied)  # eval mode: no dropout, a step is a function of the weights
+    optimizer = AdamW(decay_groups(donor), lr=LR, betas=BETAS, eps=1e-8)
+    for s in range(4):
+        step(donor, optimizer, batch(100 + s))
+    return donor, optimizer
+
+
+def grown_with_moments(donor, optimizer, target):
+    """The lossless start and its AdamW: the donor's moments mapped, LR scales from the map."""
+    adapter = adapter_for(donor.config)
+    donor_shape = shape_of(donor.config)
+    plan = GrowthPlan(donor_shape, target, "identity", "lossless", 0)
+    init = operator_init(plan, adapter)
+    assert exactness_problem(plan, adapter, init, operator_steps=0) is None
+    names = {id(p): n for n, p in donor.named_parameters()}
+    moments = {key: {names[id(p)]: optimizer.state[p][key] for p in donor.parameters()}
+               for key in ("exp_avg", "exp_avg_sq")}
+    canonical = {key: adapter.to_canonical(m, donor_shape.layers) for key, m in moments.items()}
+    g, layers = adapter.to_canonical(donor.state_dict(), donor_shape.layers)
+    op = GrowthOperator(plan, adapter, g, layers, init)
+    model = materialized(op, grown_config(donor.config, plan, adapter))
+    moment_map = MomentMap(plan, adapter, init)
+    mapped = {}
+    for key in canonical["exp_avg"][0]:
+        mapped[adapter.global_name(key)] = moment_map.global_tensors(
+            key, {k: c[0] for k, c in canonical.items()}, target.max_positions)
+    for i in range(target.layers):
+        tensors = moment_map.layer_tensors(i, {k: c[1] for k, c in canonical.items()})
+        for kind in ("exp_avg", "exp_avg_sq", "lr_scale", "new"):
+            for name, value in adapter.layer_to_hf({k: v[kind] for k, v in tensors.items()}).items():
+                mapped.setdefault(adapter.layer_prefix(i) + name, {})[kind] = value
+    return model, mapped, float(next(iter(optimizer.state.values()))["step"])
+
+
+def grown_optimizer(model, mapped, donor_step, new_lr_scale, lr_scales=True):
+    optimizer = AdamW(decay_groups(model), lr=LR, betas=BETAS, eps=1e-8)
+    for name, p in model.named_parameters():
+        entry = mapped[name]
+        optimizer.state[p] = {"step": torch.tensor(donor_step), "exp_avg": entry["exp_avg"].clone(),
+                              "exp_avg_sq": entry["exp_avg_sq"].clone()}
+        if lr_scales:
+            optimizer.lr_scales[id(p)] = torch.where(entry["new"], torch.tensor(new_lr_scale), entry["lr_scale"])
+    return optimizer
+
+
+def relative_error(got, expected):
+    return ((got - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_step_of_the_grown_model_is_the_donors_step(case):
+    donor_shape, target = CASES[case]
+    donor, donor_optimizer = trained_donor(donor_shape, tied="untied" not in case)
+    grown, mapped, donor_step = grown_with_moments(donor, donor_optimizer, target)
+    optimizer = grown_optimizer(grown, mapped, donor_step, new_lr_scale=0.0)  # new units held still
+    ids, probe = batch(0), batch(1)
+    with torch.no_grad():
+        assert relative_error(grown(probe).logits, donor(probe).logits) <= 1e-5  # lossless start
+        before = donor(probe).logits
+    step(donor, donor_optimizer, ids)
+    step(grown, optimizer, ids)
+    with torch.no_grad():
+        expected, got = donor(probe).logits, grown(probe).logits
+    moved = relative_error(expected, before)
+    assert moved > 1e-3  # the step changed the donor's function clearly
+    assert relative_error(got, expected) <= 1e-5
+
+
+def test_a_fresh_optimizer_does_not_take_the_donors_step():
+    """The control: without the moments and LR scales the same step leaves the donor's function by far."""
+    donor_shape, target = CASES["llama 5/3: hidden 48 -> 80, 6/3 -> 10/5 heads, ffn 96 -> 160"]
+    donor, donor_optimizer = trained_donor(donor_shape, tied=True)
+    grown, _, _ = grown_with_moments(donor, donor_optimizer, target)
+    optimizer = AdamW(decay_groups(grown), lr=LR, betas=BETAS, eps=1e-8)
+    ids, probe = batch(0), batch(1)
+    step(donor, donor_optimizer, ids)
+    step(grown, optimizer, ids)
+    with torch.no_grad():
+        assert relative_error(grown(probe).logits, donor(probe).logits) > 1e-2
+
+
+def copies_gap(model, rows: list[int]) -> float:
+    """Largest relative difference between the up-projection rows of two copies of one MLP unit."""
+    up = model.model.layers[0].mlp.up_proj.weight
+    return ((up[rows[0]] - up[rows[1]]).abs().max() / up[rows[0]].abs().max()).item()
+
+
+@pytest.mark.parametrize("residual_grows, new_lr_scale, lr_scales, diverge", [
+    (True, 0.0, True, False),  # exact scales, new units still: the copies stay in lockstep
+    (True, 1.0, True, True),  # the defaults: new residual units train and break the symmetry
+    (False, 1.0, True, False),  # no new residual units: exact scales keep copies in lockstep...
+    (False, 1.0, False, True),  # ...the moments without the LR scales do not
+])
+def test_copies_diverge_with_the_default_settings(residual_grows, new_lr_scale, lr_scales, diverge):
+    donor_shape, target = CASES["llama 5/3: hidden 48 -> 80, 6/3 -> 10/5 heads, ffn 96 -> 160"]
+    if not residual_grows:
+        target = replace(donor_shape, ffn=target.ffn)
+    donor, donor_optimizer = trained_donor(donor_shape, tied=True)
+    grown, mapped, donor_step = grown_with_moments(donor, donor_optimizer, target)
+    optimizer = grown_optimizer(grown, mapped, donor_step, new_lr_scale, lr_scales)
+    copies = [0, donor_shape.ffn]  # MLP unit 0 and its first copy
+    assert copies_gap(grown, copies) == 0.0
+    for s in range(6):
+        step(grown, optimizer, batch(200 + s))
+    gap = copies_gap(grown, copies)
+    assert gap > 1e-3 if diverge else gap < 1e-5
