@@ -135,8 +135,9 @@ class ContinuedConfig:
     warmup_steps: int = 0
     """Linear warmup to the peak after the moment warm-up."""
     moment_warmup_steps: int = 10
-    """Steps at LR 0 that fill AdamW's moments before the first update (train.moment_warmup_steps);
-    none when the optimizer starts from the moments train.init_from carries (train.init_optimizer)."""
+    """Steps at LR 0 that fill AdamW's moments before the first update (train.moment_warmup_steps), at
+    most a tenth of train.steps; none when the optimizer starts from the moments train.init_from
+    carries (train.init_optimizer)."""
     new_units_lr_scale: float = 1.0
     """LR factor of a grown model's coordinates that have no donor counterpart (new units, new layers),
     where the grown dir's optimizer file marks them (pipeline/growth/moments.py)."""
@@ -506,7 +507,7 @@ def schedule_for_start(t: TrainConfig, carries_moments: bool = False) -> TrainCo
         return t
     c = t.continued
     return dataclasses.replace(t, lr=t.lr * c.lr_ratio, warmup_steps=c.warmup_steps,
-                               moment_warmup_steps=0 if carries_moments else c.moment_warmup_steps,
+                               moment_warmup_steps=0 if carries_moments else min(c.moment_warmup_steps, t.steps // 10),
                                continued=dataclasses.replace(c, enabled=False))
 
 
@@ -534,20 +535,23 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{name} must be positive, got {getattr(t, name)}")
     if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1:
         raise ConfigError(f"train.lr must be > 0 and train.min_lr_ratio in [0, 1] (got {t.lr}, {t.min_lr_ratio})")
-    if not 0 <= t.warmup_steps <= t.steps:
-        raise ConfigError(f"train.warmup_steps={t.warmup_steps} must be in [0, train.steps={t.steps}]")
-    if not 0 <= t.moment_warmup_steps <= t.steps - t.warmup_steps:
-        raise ConfigError(f"train.moment_warmup_steps={t.moment_warmup_steps} must be in [0, train.steps - "
-                          f"train.warmup_steps = {t.steps - t.warmup_steps}]")
+    if t.warmup_steps < 0 or t.moment_warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps and train.moment_warmup_steps must be >= 0 (got {t.warmup_steps}, "
+                          f"{t.moment_warmup_steps})")
     if t.init_optimizer not in INIT_OPTIMIZER:
         raise ConfigError(f"train.init_optimizer must be one of {INIT_OPTIMIZER}, got {t.init_optimizer!r}")
     c = t.continued
     if c.new_units_lr_scale < 0:
         raise ConfigError(f"train.continued.new_units_lr_scale must be >= 0, got {c.new_units_lr_scale}")
-    if c.lr_ratio <= 0 or not 0 <= c.warmup_steps + c.moment_warmup_steps <= t.steps or min(
-            c.warmup_steps, c.moment_warmup_steps) < 0:
-        raise ConfigError(f"train.continued: need lr_ratio > 0 and warmup_steps, moment_warmup_steps >= 0 with their "
-                          f"sum <= train.steps={t.steps} (got {c.lr_ratio}, {c.warmup_steps}, {c.moment_warmup_steps})")
+    if c.lr_ratio <= 0 or min(c.warmup_steps, c.moment_warmup_steps) < 0:
+        raise ConfigError(f"train.continued: need lr_ratio > 0 and warmup_steps, moment_warmup_steps >= 0 (got "
+                          f"{c.lr_ratio}, {c.warmup_steps}, {c.moment_warmup_steps})")
+    resolved, where = schedule_for_start(t), "train.continued." if schedule_for_start(t) is not t else "train."
+    if resolved.warmup_steps > t.steps:
+        raise ConfigError(f"{where}warmup_steps={resolved.warmup_steps} must be in [0, train.steps={t.steps}]")
+    if resolved.moment_warmup_steps > t.steps - resolved.warmup_steps:
+        raise ConfigError(f"{where}moment_warmup_steps={resolved.moment_warmup_steps} must be in [0, train.steps - "
+                          f"{where}warmup_steps = {t.steps - resolved.warmup_steps}]")
     g = config.grow
     for name, allowed in (("depth_init", DEPTH_SCHEMES), ("new_layers", NEW_LAYER_PLACEMENTS),
                           ("width_init", WIDTH_SCHEMES), ("depth_coefficients", DEPTH_COEFFICIENTS)):

@@ -19,7 +19,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import deepspeed
 import torch
 import torch.distributed as dist
 from safetensors import safe_open
@@ -131,17 +130,33 @@ def install_saved_state(engine, saved: SavedState, moments: bool, lr_scales: boo
 
 def full_moments(engine, rank: int):
     """Yield (name, exp_avg, exp_avg_sq) per trainable parameter, full and fp32 on rank 0 (None
-    elsewhere), gathered one parameter at a time; every rank must iterate to the end (collective)."""
+    elsewhere), assembled one parameter at a time from every rank's pieces; every rank must iterate
+    to the end (collective when the optimizer is partitioned).
+
+    Not DeepSpeed's safe_get_full_optimizer_state: under ZeRO 1-2 (0.19.8) it links the per-parameter
+    views of the optimizer state after the first group's first step, before the other groups have
+    state, so the no-decay group's moments are not found."""
     state = engine.client_optimizer.state
+    partitioned = engine.zero_optimization_stage() > 0 or any(hasattr(p, "_hp_mapping")
+                                                               for p in engine.module.parameters())
+    pieces = {piece.name: piece for piece in local_pieces(engine)}
     for name, param in engine.module.named_parameters():
         if not param.requires_grad:
             continue
-        if hasattr(param, "ds_id") or hasattr(param, "_hp_mapping"):
-            values = [deepspeed.utils.safe_get_full_optimizer_state(param, key) for key in MOMENTS]
-        else:
-            values = [state[param][key] for key in MOMENTS]
+        numel = getattr(param, "ds_numel", param.numel())
+        shape = getattr(param, "ds_shape", param.shape)
+        values = []
+        for key in MOMENTS:
+            full = torch.zeros(numel, dtype=torch.float32, device=engine.device)
+            piece = pieces.get(name)
+            if piece is not None:
+                full.narrow(0, piece.param_offset, piece.numel).copy_(
+                    state[piece.flat][key].view(-1).narrow(0, piece.flat_offset, piece.numel))
+            if partitioned:
+                dist.all_reduce(full)  # the ranks' pieces are disjoint
+            values.append(full.view(shape))
         if rank == 0:
-            yield name, *(v.detach().to("cpu", torch.float32).clone() for v in values)
+            yield name, *(v.to("cpu") for v in values)
         else:
             yield name, None, None
 

@@ -7,12 +7,15 @@ from dataclasses import replace
 import pytest
 import torch
 
+from conftest import data_overrides, run_deepspeed
 from pipeline.engine import AdamW
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.moments import MomentMap, exactness_problem
 from pipeline.growth.operator import GrowthOperator, GrowthPlan, grown_config, operator_init
-from pipeline.models.hf import shape_of
+from pipeline.metrics import read_metrics
+from pipeline.models.hf import HFWeights, shape_of
 from pipeline.models.sizes import ModelShape
+from pipeline.optimizer_state import read_saved_state
 from test_growth import VOCAB, make_donor, materialized
 
 LR, BETAS, DECAY = 1e-3, (0.9, 0.95), 0.1
@@ -150,3 +153,57 @@ def test_copies_diverge_with_the_default_settings(residual_grows, new_lr_scale, 
         step(grown, optimizer, batch(200 + s))
     gap = copies_gap(grown, copies)
     assert gap > 1e-3 if diverge else gap < 1e-5
+
+
+# -- through the stages: DeepSpeed partitions, 2 ranks --------------------------------------------------
+
+STAGE = ["train.eval_batches=2", "train.log_interval=1", "train.grad_clip=0"]  # clipping would mix scales
+GROWN = ["model.layers=3", "model.hidden=192", "model.heads=6", "model.kv_heads=3", "model.ffn=500"]
+
+
+def stage(module, run_dir, root, *extra, flags=()):
+    return run_deepspeed(["--module", f"pipeline.{module}", "--config", "tiny", *flags, f"run.dir={run_dir}",
+                          *data_overrides(root), *STAGE, *extra])
+
+
+def val_losses(run_dir):
+    return {r["step"]: r["val/loss"] for r in read_metrics(run_dir) if "val/loss" in r}
+
+
+@pytest.mark.distributed
+def test_grown_run_takes_the_donors_step_through_zero3_and_resumes_exactly(prepared, tmp_path):
+    root, _, _ = prepared
+    donor = tmp_path / "donor"
+    stage("train", donor, root, "model.size=llama-nano", "train.steps=8", "train.warmup_steps=2",
+          "train.eval_interval=8", "train.deepspeed_config=zero2")
+    saved = read_saved_state(donor / "hf")
+    assert saved.step == 8 and not saved.has_lr_scales
+    assert len(saved.names) == 2 * len(HFWeights(donor / "hf").files)
+    grow = tmp_path / "grow"
+    out = stage("grow", grow, root, "model.size=llama-nano", *GROWN, f"grow.donor={donor}/hf", "grow.steps=0")
+    assert "mapped exactly" in out.stdout
+    assert read_saved_state(grow / "hf").has_lr_scales
+
+    # one step from the donor's own moments vs one step of the grown model (new units held still):
+    # the same batch, LR and function, so the same validation loss after it
+    one_step = ["train.steps=4", "train.eval_interval=1", "train.deepspeed_config=zero3", "train.continued.lr_ratio=1",
+                "--until-step", "1"]
+    continued = stage("train", tmp_path / "donor-continued", root, "model.size=null", f"train.init_from={donor}/hf",
+                      *one_step)
+    assert "AdamW starts from" in continued.stdout
+    stage("train", tmp_path / "grown-exact", root, "model.size=null", f"train.init_from={grow}/hf",
+          "train.continued.new_units_lr_scale=0", *one_step)
+    donor_losses, grown_losses = val_losses(tmp_path / "donor-continued"), val_losses(tmp_path / "grown-exact")
+    assert grown_losses[0] == pytest.approx(donor_losses[0], rel=1e-5)
+    assert abs(donor_losses[1] - donor_losses[0]) > 1e-3  # the step moved the donor
+    assert grown_losses[1] == pytest.approx(donor_losses[1], rel=1e-5)
+
+    # the default settings, interrupted and resumed: bit-identical to an uninterrupted run
+    run = ["model.size=null", f"train.init_from={grow}/hf", "train.steps=6", "train.eval_interval=3",
+           "train.checkpoint_interval=3", "train.deepspeed_config=zero3"]
+    stage("train", tmp_path / "whole", root, *run)
+    stage("train", tmp_path / "parts", root, *run, flags=["--until-step", "3"])
+    stage("train", tmp_path / "parts", root, *run, flags=["--resume", "auto"])
+    deterministic = [[{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(tmp_path / d)]
+                     for d in ("whole", "parts")]
+    assert deterministic[0] == deterministic[1]
