@@ -1,0 +1,83 @@
+"""Continued pretraining from pretrained weights (train.init_from): the continued schedule, the moment
+warm-up (LR-0 steps that leave the weights bit-identical) and exact resume through it."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, data_overrides, run_deepspeed
+from pipeline.config import ConfigError, load_config, schedule_for_start
+from pipeline.engine import warmup_cosine
+from pipeline.metrics import read_metrics
+from pipeline.models.hf import HFWeights
+
+
+def test_a_random_init_keeps_the_recipe_schedule():
+    t = load_config("tiny").train
+    assert schedule_for_start(t) is t
+
+
+def test_a_pretrained_start_takes_the_continued_schedule(tmp_path):
+    t = load_config("tiny", ["train.init_from=x", "model.size=llama-micro"]).train
+    resolved = schedule_for_start(t)
+    c = t.continued
+    assert resolved.lr == t.lr * c.lr_ratio and resolved.warmup_steps == c.warmup_steps
+    assert resolved.moment_warmup_steps == min(c.moment_warmup_steps, t.steps // 10)
+    assert schedule_for_start(t, carries_moments=True).moment_warmup_steps == 0  # moments need no warm-up
+    assert schedule_for_start(resolved) == resolved  # a prune round from rewound weights replays it
+    off = load_config("tiny", ["train.init_from=x", "model.size=llama-micro", "train.continued.enabled=false"]).train
+    assert schedule_for_start(off) is off
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.continued.lr_ratio=0"], "lr_ratio > 0"),
+    (["train.init_from=x", "train.continued.warmup_steps=300"], "train.continued.warmup_steps=300 must be in"),
+    (["train.moment_warmup_steps=190"], "train.moment_warmup_steps=190 must be in"),
+    (["train.init_optimizer=warm"], "train.init_optimizer must be one of"),
+])
+def test_bad_continued_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", ["model.size=llama-micro", *overrides])
+
+
+def test_moment_warmup_holds_the_lr_at_zero_then_runs_the_schedule():
+    t = load_config("tiny", ["train.steps=50", "train.warmup_steps=5", "train.moment_warmup_steps=10"]).train
+    factor = warmup_cosine(t)
+    assert [factor(s) for s in range(10)] == [0.0] * 10
+    assert factor(10) == pytest.approx(1 / 5) and factor(14) == pytest.approx(1.0)
+    assert factor(49) == pytest.approx(t.min_lr_ratio)
+
+
+RUN = ["train.steps=8", "train.eval_interval=4", "train.eval_batches=2", "train.log_interval=1",
+       "train.checkpoint_interval=3", "train.deepspeed_config=zero2"]
+
+
+def train(run_dir, root, *extra, flags=()):
+    return run_deepspeed(["--module", "pipeline.train", "--config", "tiny", *flags, f"run.dir={run_dir}",
+                          *data_overrides(root), *RUN, *extra])
+
+
+@pytest.mark.distributed
+def test_moment_warmup_leaves_the_weights_bit_identical_and_resumes_exactly(prepared, tmp_path):
+    root, _, _ = prepared
+    donor = tmp_path / "donor"
+    train(donor, root, "model.size=llama-nano", "train.warmup_steps=2")
+    start = ["model.size=null", f"train.init_from={donor}/hf", "train.init_optimizer=fresh",
+             "train.continued.moment_warmup_steps=3", "train.steps=30"]  # at most a tenth of the steps: 3
+    train(tmp_path / "warm", root, *start, flags=["--until-step", "3"])
+    lrs = [r["train/lr"] for r in read_metrics(tmp_path / "warm") if "train/lr" in r]
+    assert lrs == [0.0, 0.0, 0.0]
+    subprocess.run([sys.executable, "-m", "pipeline.export", "--run", str(tmp_path / "warm"), "--out",
+                    str(tmp_path / "at3")], check=True, cwd=ROOT)
+    before, after = HFWeights(donor / "hf"), HFWeights(tmp_path / "at3")
+    for name in before.files:
+        assert torch.equal(before.get(name), after.get(name)), name
+    # the run goes on past the warm-up as an uninterrupted run does, bit for bit
+    train(tmp_path / "warm", root, *start, flags=["--resume", "auto", "--until-step", "6"])
+    train(tmp_path / "whole", root, *start, flags=["--until-step", "6"])
+    strip = [[{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(tmp_path / d)]
+             for d in ("warm", "whole")]
+    assert strip[0] == strip[1]
+    assert [r["train/lr"] for r in read_metrics(tmp_path / "whole") if "train/lr" in r][3] > 0
