@@ -27,10 +27,11 @@ def test_crossing_interpolates_between_the_evaluations_around_it():
 
 
 def test_savings_exclude_and_include_the_donor():
-    scratch = Curve([0, 100, 200], [0, 10, 20], [8.0, 5.0, 4.0])
-    operator = Curve([0, 50], [0, 6], [7.0, 4.5])  # 50 FLOPs / 6 s of operator training, then the target's
-    grown = operator.then(Curve([50, 100, 150], [6, 11, 16], [4.5, 4.0, 3.5]))
-    never = Curve([0, 100, 200], [0, 10, 20], [8.0, 6.0, 5.0])
+    steps = [0, 50, 100]
+    scratch = Curve([0, 100, 200], [0, 10, 20], [8.0, 5.0, 4.0], steps=steps)
+    operator = Curve([0, 50], [0, 6], [7.0, 4.5], steps=[0, 10])  # 50 FLOPs / 6 s of operator training, then the target's
+    grown = operator.then(Curve([50, 100, 150], [6, 11, 16], [4.5, 4.0, 3.5], steps=steps))
+    never = Curve([0, 100, 200], [0, 10, 20], [8.0, 6.0, 5.0], steps=steps)
     result = seed_result({"scratch": scratch, "grown": grown, "never": never},
                          {"scratch": {"flops": 0, "seconds": 0}, "grown": {"flops": 30, "seconds": 4},
                           "never": {"flops": 0, "seconds": 0}})
@@ -43,13 +44,16 @@ def test_savings_exclude_and_include_the_donor():
     assert g["seconds_saving_excl_donor"] == pytest.approx(1 - 11 / 20)
     assert g["seconds_saving_incl_donor"] == pytest.approx(1 - 15 / 20)
     assert g["step0_loss"] == 7.0 and g["final_loss"] == 3.5
-    below = Curve([0, 50], [0, 6], [3.9, 3.8]).then(Curve([50, 100], [6, 11], [3.8, 3.5]))  # a donor below the target
+    assert g["climb"] == 0.0 and result["scratch"]["climb"] == 0.0  # the operator's 7.0 is not the target's start
+    below = Curve([0, 50], [0, 6], [3.9, 3.8], steps=[0, 10]).then(
+        Curve([50, 100, 150, 200], [6, 11, 16, 21], [3.8, 4.1, 3.9, 4.5], steps=[0, 50, 100, 150]))  # a donor below the target
     started_below = seed_result({"scratch": scratch, "below": below}, {"scratch": {"flops": 0, "seconds": 0},
                                                                        "below": {"flops": 30, "seconds": 4}})["below"]
     assert started_below["flops_to_target"] == 0 and started_below["flops_saving_free_operator"] == 1.0
+    assert started_below["climb"] == pytest.approx(0.3)  # 4.1 - 3.8 within the first 100 steps (4.5 at 150 is not)
     assert result["never"]["flops_to_target"] is None and result["never"]["flops_saving_excl_donor"] is None
 
-    second = seed_result({"scratch": scratch, "grown": Curve([50, 100, 150], [6, 11, 16], [4.0, 3.9, 3.5]),
+    second = seed_result({"scratch": scratch, "grown": Curve([50, 100, 150], [6, 11, 16], [4.0, 3.9, 3.5], steps=steps),
                           "never": never}, {arm: {"flops": 0, "seconds": 0} for arm in ("scratch", "grown", "never")})
     summary = summarize([result, second])
     savings = summary["grown"]["flops_saving_excl_donor"]

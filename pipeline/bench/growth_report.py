@@ -20,6 +20,9 @@ import statistics
 from dataclasses import dataclass, field
 
 
+CLIMB_STEPS = 100  # the climb: the highest validation loss over the target's first steps above its step-0 loss
+
+
 @dataclass
 class Curve:
     """Validation points of one arm and seed, in order; flops and seconds are cumulative."""
@@ -27,16 +30,27 @@ class Curve:
     seconds: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     operator_flops: float = 0.0  # spent training a growth operator before the target's training
+    steps: list[int] = field(default_factory=list)  # the stage's step of each point
+    target_from: int = 0  # index of the target's step-0 point (after any operator points)
 
     @classmethod
     def from_records(cls, records: list[dict], flops_offset: float = 0.0, seconds_offset: float = 0.0) -> "Curve":
         points = [r for r in records if "val/loss" in r]
         return cls([flops_offset + r["progress/model_flops"] for r in points],
-                   [seconds_offset + r["perf/train_seconds"] for r in points], [r["val/loss"] for r in points])
+                   [seconds_offset + r["perf/train_seconds"] for r in points], [r["val/loss"] for r in points],
+                   steps=[r["step"] for r in points])
 
     def then(self, other: "Curve") -> "Curve":
         """This curve (operator training) followed by `other` (the target's training)."""
-        return Curve(self.flops + other.flops, self.seconds + other.seconds, self.loss + other.loss, self.flops[-1])
+        return Curve(self.flops + other.flops, self.seconds + other.seconds, self.loss + other.loss, self.flops[-1],
+                     self.steps + other.steps, len(self.loss))
+
+    def climb(self) -> float:
+        """How far the target's validation loss rises above its step-0 value in its first CLIMB_STEPS
+        steps (0 if it never does): what re-warming a trained start costs."""
+        window = [loss for loss, step in zip(self.loss[self.target_from:], self.steps[self.target_from:])
+                  if step <= CLIMB_STEPS]
+        return max(window) - window[0]
 
 
 def crossing(xs: list[float], losses: list[float], target: float) -> float | None:
@@ -60,7 +74,7 @@ def seed_result(curves: dict[str, Curve], donor_cost: dict[str, dict[str, float]
                  "seconds": crossing(scratch.seconds, scratch.loss, target)}
     out = {}
     for arm, curve in curves.items():
-        row = {"step0_loss": curve.loss[0], "final_loss": curve.loss[-1], "target_loss": target}
+        row = {"step0_loss": curve.loss[0], "climb": curve.climb(), "final_loss": curve.loss[-1], "target_loss": target}
         for axis in ("flops", "seconds"):
             reached = crossing(getattr(curve, axis), curve.loss, target)
             donor = donor_cost[arm][axis]
@@ -101,13 +115,14 @@ def _fmt(stat: dict, scale: float = 1.0, percent: bool = False, digits: int = 3)
 
 def markdown_table(summary: dict[str, dict], descriptions: dict[str, str]) -> str:
     """One row per arm; mean ± sample std over seeds."""
-    lines = ["| arm | what | step-0 val loss | final val loss | PFLOPs to target | saving excl. donor | "
+    lines = ["| arm | what | step-0 val loss | climb | final val loss | PFLOPs to target | saving excl. donor | "
              "saving incl. donor | saving if the operator were free | train s to target | time saving excl. donor | "
              "time saving incl. donor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, row in summary.items():
         lines.append(" | ".join([
-            f"| `{arm}`", descriptions.get(arm, ""), _fmt(row["step0_loss"], digits=4), _fmt(row["final_loss"], digits=4),
+            f"| `{arm}`", descriptions.get(arm, ""), _fmt(row["step0_loss"], digits=4), _fmt(row["climb"], digits=2),
+            _fmt(row["final_loss"], digits=4),
             _fmt(row["flops_to_target"], scale=1e15), _fmt(row["flops_saving_excl_donor"], percent=True),
             _fmt(row["flops_saving_incl_donor"], percent=True), _fmt(row["flops_saving_free_operator"], percent=True),
             _fmt(row["seconds_to_target"], digits=4),
