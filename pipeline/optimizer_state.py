@@ -106,9 +106,6 @@ def install_saved_state(engine, saved: SavedState, moments: bool, lr_scales: boo
     load, too: LR scales are not part of a checkpoint."""
     optimizer = engine.client_optimizer
     lr_scales = lr_scales and saved.has_lr_scales
-    if lr_scales and not hasattr(optimizer, "lr_scales"):
-        raise ConfigError(f"{saved.path} holds per-coordinate LR scales, which the offloaded optimizer (DeepSpeed's "
-                          f"CPU Adam) cannot apply: set train.init_optimizer=fresh, or train without offload")
     pieces = local_pieces(engine)
     if moments:
         for flat in {id(p.flat): p.flat for p in pieces}.values():

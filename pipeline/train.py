@@ -33,9 +33,10 @@ from pipeline.data.packing import repetition_report
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
-                             end_stage_process, init_distributed, model_construction, optimizer_swap_bytes_to_come,
-                             peak_memory_gb, param_group_decays, peak_tflops_per_rank, restore_param_group_settings,
-                             skip_next_update, swaps_optimizer_to_disk, training_dtype, zero_stage)
+                             end_stage_process, init_distributed, model_construction, offloads_optimizer,
+                             optimizer_swap_bytes_to_come, peak_memory_gb, param_group_decays, peak_tflops_per_rank,
+                             restore_param_group_settings, skip_next_update, swaps_optimizer_to_disk, training_dtype,
+                             zero_stage)
 from pipeline.metrics import MetricsLogger
 from pipeline.optimizer_state import SavedState, install_saved_state, read_saved_state
 from pipeline.preemption import StopRequest
@@ -164,6 +165,11 @@ class Trainer:
             self.stage.setup(config)
             # raises on a bad batch triad before any work; NVMe offload (if any) swaps into <run>/nvme
             ds = deepspeed_config(t, self.world_size, resolve_shape(config.model), self.run_dir / "nvme")
+            saved = self.stage.saved_optimizer(config)
+            if saved is not None and offloads_optimizer(ds):
+                raise ConfigError(f"train.init_from carries AdamW's state ({saved.path}), which the offloaded optimizer "
+                                  f"(DeepSpeed's CPU Adam, its own state layout) does not take: set "
+                                  f"train.init_optimizer=fresh, or train without offload_optimizer")
             self.train_samples = open_samples(config.data.output_dir, "train")
             self.tokenizer = load_tokenizer(self.train_samples.meta["tokenizer"])
             vocab_size = self.train_samples.meta["vocab_size"]
