@@ -1,6 +1,7 @@
 """Continued pretraining from pretrained weights (train.init_from): the continued schedule, the moment
 warm-up (LR-0 steps that leave the weights bit-identical) and exact resume through it."""
 
+import json
 import subprocess
 import sys
 
@@ -81,3 +82,32 @@ def test_moment_warmup_leaves_the_weights_bit_identical_and_resumes_exactly(prep
              for d in ("warm", "whole")]
     assert strip[0] == strip[1]
     assert [r["train/lr"] for r in read_metrics(tmp_path / "whole") if "train/lr" in r][3] > 0
+
+
+def test_continued_benchmark_runs_each_mode_from_both_models(prepared, tmp_path):
+    """The benchmark's plumbing on a tiny donor and its lossless grown model, 2 steps per mode, 1 rank."""
+    root, _, _ = prepared
+    donor, grown = tmp_path / "donor", tmp_path / "grow"
+    base = [*data_overrides(root), "train.eval_batches=1", "train.deepspeed_config=zero0"]
+    subprocess.run([sys.executable, "-m", "pipeline.train", "--config", "tiny", f"run.dir={donor}", *base,
+                    "model.size=llama-nano", "train.steps=4", "train.warmup_steps=1"], check=True, cwd=ROOT,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "pipeline.grow", "--config", "tiny", f"run.dir={grown}", *base,
+                    "model.size=llama-nano", "model.hidden=192", "model.heads=6", "model.kv_heads=3",
+                    f"grow.donor={donor}/hf", "grow.steps=0"], check=True, cwd=ROOT, capture_output=True)
+    out = tmp_path / "bench"
+    command = [sys.executable, "-m", "pipeline.bench", "continued", "--config", "tiny", "--donor", f"{donor}/hf",
+               "--grown", f"{grown}/hf", "--modes", "recipe,default", "--steps", "2", "--out", str(out), *base,
+               "train.steps=20", "train.eval_interval=1"]
+    first = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
+    results = json.loads((out / "results.json").read_text())["results"]
+    for model in ("grown", "donor"):
+        for mode in ("recipe", "default"):
+            row = results[model][mode]
+            assert row["steps"] == [0, 1, 2] and row["climb"] == max(row["val_loss"]) - row["val_loss"][0]
+    assert results["grown"]["default"]["step0_loss"] == pytest.approx(results["donor"]["default"]["step0_loss"], rel=1e-5)
+    assert "AdamW starts from" in (out / "grown-default.log").read_text()
+    assert "AdamW starts from" not in (out / "grown-recipe.log").read_text()
+    assert (out / "loss_curves.png").stat().st_size > 0 and "| grown | `default` |" in (out / "results.md").read_text()
+    again = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
+    assert again.stdout.count("finished earlier, reused") == 4 and "reused" not in first.stdout

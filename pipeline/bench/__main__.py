@@ -1,6 +1,8 @@
 """Benchmarks, one subcommand each:
 
     python -m pipeline.bench growth --config bench-growth      FLOPs to target: scratch vs heuristics vs LiGO
+    python -m pipeline.bench continued --donor <hf dir> --grown <hf dir>
+                                                               the climb: grown model and donor under each start
     python -m pipeline.bench grow_cost --config tiny grow.donor=runs/tiny/donor/hf
                                                                one grow step vs one training step
     python -m pipeline.bench train_overhead --config tiny      train stage vs a plain PyTorch loop
@@ -14,7 +16,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("growth", "grow_cost", "train_overhead", "memory", "lottery", "packing")
+BENCHMARKS = ("growth", "continued", "grow_cost", "train_overhead", "memory", "lottery", "packing")
 
 if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
     sys.exit(f"usage: python -m pipeline.bench {{{','.join(BENCHMARKS)}}} [options]\n\n{__doc__}")
