@@ -148,11 +148,14 @@ def test_copies_diverge_with_the_default_settings(residual_grows, new_lr_scale, 
     grown, mapped, donor_step = grown_with_moments(donor, donor_optimizer, target)
     optimizer = grown_optimizer(grown, mapped, donor_step, new_lr_scale, lr_scales)
     copies = [0, donor_shape.ffn]  # MLP unit 0 and its first copy
-    assert copies_gap(grown, copies) == 0.0
+    new_rows = grown.model.layers[0].mlp.down_proj.weight[donor_shape.hidden:]  # writers of new residual units
+    assert copies_gap(grown, copies) == 0.0 and (new_rows == 0).all()
     for s in range(6):
         step(grown, optimizer, batch(200 + s))
     gap = copies_gap(grown, copies)
     assert gap > 1e-3 if diverge else gap < 1e-5
+    if residual_grows:  # new units leave their zero start unless held still
+        assert (new_rows.abs().max() > 1e-4) == (new_lr_scale > 0)
 
 
 # -- through the stages: DeepSpeed partitions, 2 ranks --------------------------------------------------
