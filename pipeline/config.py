@@ -130,8 +130,10 @@ class ContinuedConfig:
     enabled: bool = True
     """Use the settings below when train.init_from is set (false: the recipe's lr, warmup_steps and
     moment_warmup_steps, as a random init uses them)."""
-    lr_ratio: float = 0.5
-    """Peak LR as a fraction of train.lr."""
+    lr_ratio: float = 0.1
+    """Peak LR as a fraction of train.lr. 0.1 is where a run of the same recipe ended (its default
+    min_lr_ratio): a trained model continued above the LR it was annealed to climbs before it improves
+    (measured: README, "Continued pretraining after growth")."""
     warmup_steps: int = 0
     """Linear warmup to the peak after the moment warm-up."""
     moment_warmup_steps: int = 10

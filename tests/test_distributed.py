@@ -141,19 +141,20 @@ def test_other_shipped_deepspeed_configs_train(prepared, tmp_path, ds_config):
 
 def test_init_from_hf_weights_is_not_a_resume(prepared, tmp_path):
     """A finished run's HF export seeds a new run: same weights (step-0 validation loss equals the source
-    run's final one), but a fresh step counter, optimizer and LR schedule. The seeded run states no
-    shape (model.size=null): it is the checkpoint's."""
+    run's final one), but a fresh step counter and LR schedule (train.continued), its AdamW started from
+    the moments the export carries. The seeded run states no shape (model.size=null): it is the checkpoint's."""
     root, _, _ = prepared
     stage = ["train.deepspeed_config=zero3"]
     train(tmp_path / "source", root, *stage, "train.steps=4", "train.eval_interval=4")
     source_final = [r["val/loss"] for r in read_metrics(tmp_path / "source") if "val/loss" in r][-1]
-    train(tmp_path / "seeded", root, *stage, f"train.init_from={tmp_path / 'source' / 'hf'}", "model.size=null",
-          flags=["--until-step", "1"])
+    seeded_run = train(tmp_path / "seeded", root, *stage, f"train.init_from={tmp_path / 'source' / 'hf'}",
+                       "model.size=null", flags=["--until-step", "1"])
+    assert "AdamW starts from" in seeded_run.stdout
     assert yaml.safe_load((tmp_path / "seeded" / "config.yaml").read_text())["model"]["hidden"] == 128  # llama-nano's
     seeded = read_metrics(tmp_path / "seeded")
     assert seeded[0]["step"] == 0
     assert seeded[0]["val/loss"] == pytest.approx(source_final, rel=1e-5)
-    assert seeded[1]["train/lr"] == pytest.approx(2e-3 / 2)  # warmup restarts: step 1 of 2
+    assert seeded[1]["train/lr"] == pytest.approx(2e-3 * 0.1)  # train.continued: lr_ratio 0.1, no warmup
 
 
 @pytest.fixture(scope="module")
