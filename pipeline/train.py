@@ -132,7 +132,10 @@ class PretrainStage:
             trainer.record_data_position(hf_dir)  # before the weights: config.json comes last
             if trainer.rank == 0:
                 checkpoint.remove_optimizer_file(hf_dir)
-            if t.save_hf_optimizer:
+            if t.save_hf_optimizer and trainer.offloaded_optimizer:
+                if trainer.rank == 0:  # its states live in DeepSpeed's swap buffers, laid out its own way
+                    print(f"[{self.name}] AdamW's moments are not exported: the optimizer is offloaded", flush=True)
+            elif t.save_hf_optimizer:
                 checkpoint.save_optimizer_file(trainer.engine, hf_dir, trainer.rank)
             checkpoint.save_hf_model(trainer.engine, trainer.engine.module.config, trainer.tokenizer,
                                      hf_dir, trainer.rank)
@@ -166,7 +169,8 @@ class Trainer:
             # raises on a bad batch triad before any work; NVMe offload (if any) swaps into <run>/nvme
             ds = deepspeed_config(t, self.world_size, resolve_shape(config.model), self.run_dir / "nvme")
             saved = self.stage.saved_optimizer(config)
-            if saved is not None and offloads_optimizer(ds):
+            self.offloaded_optimizer = offloads_optimizer(ds)
+            if saved is not None and self.offloaded_optimizer:
                 raise ConfigError(f"train.init_from carries AdamW's state ({saved.path}), which the offloaded optimizer "
                                   f"(DeepSpeed's CPU Adam, its own state layout) does not take: set "
                                   f"train.init_optimizer=fresh, or train without offload_optimizer")
