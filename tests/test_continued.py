@@ -111,3 +111,18 @@ def test_continued_benchmark_runs_each_mode_from_both_models(prepared, tmp_path)
     assert (out / "loss_curves.png").stat().st_size > 0 and "| grown | `default` |" in (out / "results.md").read_text()
     again = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
     assert again.stdout.count("finished earlier, reused") == 4 and "reused" not in first.stdout
+
+
+def test_a_run_from_before_the_continued_schedule_is_not_resumed_under_it():
+    """A run from train.init_from saved before train.continued existed used the recipe's schedule: resuming
+    it under the continued one would change its LR mid-run, so the change is named (a random-init run's
+    is not: it never used the continued schedule)."""
+    from pipeline.resume import breaking_changes
+    current = load_config("tiny", ["train.init_from=x", "model.size=llama-micro"]).to_dict()
+    old = load_config("tiny", ["train.init_from=x", "model.size=llama-micro"]).to_dict()
+    del old["train"]["continued"]
+    assert breaking_changes(old, current, ()) == ["train.continued.enabled: False -> True"]
+    scratch = load_config("tiny").to_dict()
+    old_scratch = load_config("tiny").to_dict()
+    del old_scratch["train"]["continued"]
+    assert breaking_changes(old_scratch, scratch, ()) == []
