@@ -112,7 +112,7 @@ def exactness_problem(plan: GrowthPlan, adapter: Adapter, init: OperatorInit, op
         return f"width_init={plan.width_init} is not the lossless start"
     if adapter.layer_norm and t.hidden != d.hidden:
         return ("LayerNorm re-centres the residual stream over its new units, so the old units' gradients "
-                "differ from the donor's (grow the residual width of a LayerNorm family and the map is approximate)")
+                "differ from the donor's (only a LayerNorm family's MLP and depth grow exactly)")
     for layer in init.layer_expansions:
         if kv_gradient_factors(layer["q_heads"], layer["k_heads"], t.heads // t.kv_heads, d.heads // d.kv_heads) is None:
             return "KV groups are copied with unequal query-head shares"
