@@ -548,7 +548,8 @@ def validate(config: Config) -> None:
     if c.lr_ratio <= 0 or min(c.warmup_steps, c.moment_warmup_steps) < 0:
         raise ConfigError(f"train.continued: need lr_ratio > 0 and warmup_steps, moment_warmup_steps >= 0 (got "
                           f"{c.lr_ratio}, {c.warmup_steps}, {c.moment_warmup_steps})")
-    resolved, where = schedule_for_start(t), "train.continued." if schedule_for_start(t) is not t else "train."
+    resolved = schedule_for_start(t)
+    where = "train." if resolved is t else "train.continued."
     if resolved.warmup_steps > t.steps:
         raise ConfigError(f"{where}warmup_steps={resolved.warmup_steps} must be in [0, train.steps={t.steps}]")
     if resolved.moment_warmup_steps > t.steps - resolved.warmup_steps:

@@ -74,9 +74,8 @@ def _units(init: ExpansionInit, block: int, grad: torch.Tensor | None = None) ->
     source = (source_unit[:, None] * block + torch.arange(block)[None, :]).reshape(-1)
     if init.writer is not None:  # the residual stream: old units are the donor's, new ones are not
         rows = init.writer
-        one_hot = ((rows == 0) | (rows == 1)).all(dim=1) & (rows.sum(dim=1) == 1)
-        inherited = one_hot
-        value = torch.where(one_hot, rows.max(dim=1).values, torch.zeros(len(rows)))
+        inherited = ((rows == 0) | (rows == 1)).all(dim=1) & (rows.sum(dim=1) == 1)  # one-hot rows
+        value = inherited.float()
     else:
         inherited, value = torch.ones(len(p), dtype=torch.bool), torch.ones(len(p))
     reads = torch.ones(len(p)) if init.scale is None else init.scale
