@@ -54,11 +54,20 @@ def breaking_changes(saved: dict, current: dict, unread_sections: tuple[str, ...
     read `unread_sections`. A key the saved config lacks (added to the pipeline after it was written)
     counts as its default: the code that wrote it behaved as the default does."""
     old, new = {**flatten(Config().to_dict()), **_behaviour_before_keys(saved), **flatten(saved)}, flatten(current)
+    unread_keys = _pretrained_start_keys(old, new)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in HARMLESS_KEYS
-                     and k.split(".")[0] not in unread_sections)
+                     and k.split(".")[0] not in unread_sections and not k.startswith(unread_keys))
     if not any(k not in BATCH_SPLIT_KEYS for k in changed):
         changed = []  # only the per-rank split changed: the caller checks the global batch
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+
+
+def _pretrained_start_keys(old: dict, new: dict) -> tuple[str, ...]:
+    """How a pretrained start is continued (its schedule, its optimizer state) is never read by a run
+    from random initialization, so a benchmark may change it without invalidating its scratch runs."""
+    if old.get("train.init_from") is None and new.get("train.init_from") is None:
+        return ("train.continued.", "train.init_optimizer")
+    return ()
 
 
 def _behaviour_before_keys(saved: dict) -> dict:

@@ -126,3 +126,16 @@ def test_a_run_from_before_the_continued_schedule_is_not_resumed_under_it():
     old_scratch = load_config("tiny").to_dict()
     del old_scratch["train"]["continued"]
     assert breaking_changes(old_scratch, scratch, ()) == []
+
+
+def test_the_continued_settings_do_not_invalidate_a_random_init_run():
+    """A benchmark that changes train.continued reuses its scratch runs (they never read it); a run from
+    a pretrained start still names the change."""
+    from pipeline.resume import breaking_changes
+    overrides = ["train.continued.lr_ratio=1", "train.init_optimizer=fresh"]
+    scratch, changed = load_config("tiny").to_dict(), load_config("tiny", overrides).to_dict()
+    assert breaking_changes(scratch, changed, ()) == []
+    grown = load_config("tiny", ["train.init_from=x"]).to_dict()
+    grown_changed = load_config("tiny", ["train.init_from=x", *overrides]).to_dict()
+    assert breaking_changes(grown, grown_changed, ()) == ["train.continued.lr_ratio: 0.1 -> 1.0",
+                                                          "train.init_optimizer: 'auto' -> 'fresh'"]
