@@ -27,7 +27,8 @@ from pipeline.errors import ConfigError
 from pipeline.lottery import CONTROLS, DEFAULT_INCLUDE, MODES, STRATEGIES
 from pipeline.growth.schemes import (DEPTH_COEFFICIENTS, DEPTH_SCHEMES, NEW_LAYER_PLACEMENTS, RECOMPUTE_MODES,
                                      WIDTH_SCHEMES)
-from pipeline.models.sizes import (DEFAULT_SIZE, FAMILY_BASE_SIZE, SHAPE_FIELDS, ModelShape, resolve_shape,
+from pipeline.models.families import family
+from pipeline.models.sizes import (DEFAULT_SIZE, SHAPE_FIELDS, ModelShape, resolve_shape,
                                   shape_from_hf)
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
@@ -115,6 +116,8 @@ class ModelConfig:
     """MLP hidden width."""
     max_positions: ShapeValue = None
     """Longest sequence the model accepts."""
+    head_size: ShapeValue = None
+    """Attention head width (HF's head_dim) where it is not hidden / heads (Qwen3, Gemma); unset: hidden / heads."""
     activation_checkpointing: bool = False
     """Recompute block activations in backward (less memory, ~1/3 more compute)."""
     init_std: typing.Optional[float] = None
@@ -477,7 +480,7 @@ def shape_from_checkpoints(config: Config) -> ModelConfig:
         base = donor or _checkpoint_shape(config.grow.donor, "grow.donor")
     else:
         return dataclasses.replace(m, size=DEFAULT_SIZE, **set_fields)
-    return dataclasses.replace(m, size=FAMILY_BASE_SIZE[base.family],
+    return dataclasses.replace(m, size=family(base.family).base_size,
                                **{**{name: getattr(base, name) for name in SHAPE_FIELDS}, **set_fields})
 
 

@@ -11,13 +11,14 @@ N is computed from the shape, not from `numel()`, which reads 0 under ZeRO-3.
 
 from __future__ import annotations
 
+from pipeline.models.families import family
 from pipeline.models.sizes import ModelShape
 
 
 def layer_matmul_parameters(shape: ModelShape) -> int:
     d, q = shape.hidden, shape.head_dim
     attention = 2 * d * shape.heads * q + 2 * d * shape.kv_heads * q  # q and o; k and v (GQA)
-    mlp = (3 if shape.family == "llama" else 2) * d * shape.ffn  # SwiGLU has gate, up, down
+    mlp = family(shape.family).mlp_matrices() * d * shape.ffn  # gated MLPs have gate, up, down
     return shape.layers * (attention + mlp)
 
 

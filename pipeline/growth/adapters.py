@@ -88,11 +88,9 @@ class Adapter:
 
 
 def adapter_for(hf_config) -> Adapter:
-    from pipeline.growth.gpt2 import GPT2Adapter
-    from pipeline.growth.llama import LlamaAdapter
-
-    families = {adapter.family: adapter for adapter in (GPT2Adapter, LlamaAdapter)}
+    """The growth adapter of an HF config's family (pipeline/models/families)."""
+    from pipeline.models.families import FAMILIES
     model_type = getattr(hf_config, "model_type", None)
-    if model_type not in families:
-        raise ConfigError(f"donor architecture {model_type!r} is not supported: growth knows {sorted(families)}")
-    return families[model_type](hf_config)
+    if model_type not in FAMILIES:
+        raise ConfigError(f"donor architecture {model_type!r} is not supported: growth knows {sorted(FAMILIES)}")
+    return FAMILIES[model_type].growth_adapter(hf_config)

@@ -40,6 +40,7 @@ from pipeline.growth.adapters import LAYER_ROLES, NORMS, Adapter
 from pipeline.growth.init import (ExpansionInit, copy_sources, depth_init, equal_copies, head_sources, new_layers,
                                   next_layer, original_units, width_init)
 from pipeline.models.hf import resized_config
+from pipeline.models.families import family
 from pipeline.models.sizes import ModelShape
 
 
@@ -75,8 +76,8 @@ def check_plan(plan: GrowthPlan) -> None:
     if smaller:
         raise ConfigError(f"target is narrower than the donor ({', '.join(smaller)}): width can only grow "
                           f"(depth may shrink)")
-    if t.family == "gpt2" and t.max_positions > d.max_positions:
-        raise ConfigError(f"GPT-2 target max_positions {t.max_positions} > donor's {d.max_positions}: the learned "
+    if not family(t.family).rotary and t.max_positions > d.max_positions:
+        raise ConfigError(f"{t.family} target max_positions {t.max_positions} > donor's {d.max_positions}: the learned "
                           f"position embeddings of the extra positions would have no source")
     head_sources(d.heads, d.kv_heads, t.heads, t.kv_heads)  # raises if KV groups cannot map
     if plan.depth_init == "identity" and plan.depth_coefficients == SHARED:

@@ -1,4 +1,4 @@
-"""Model families as Hugging Face models: GPT-2 (`GPT2LMHeadModel`) and LLaMA (`LlamaForCausalLM`).
+"""The registered model families (pipeline/models/families) as Hugging Face models.
 
 The model code never knows about parallelism: ZeRO-3 partitioned construction is arranged by
 `pipeline.engine`, which calls `build_model` inside its DeepSpeed context.
@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from pipeline.errors import ConfigError
+from pipeline.models.families import family
 from pipeline.models.sizes import ModelShape, shape_from_hf
 
 
@@ -24,36 +25,18 @@ def special_token_ids(tokenizer) -> dict:
 
 
 def hf_config(shape: ModelShape, vocab_size: int, token_ids: dict, init_std: float | None = None) -> PretrainedConfig:
-    """Our shape -> the HF config. Dropout is off: pretraining at this scale does not use it, and
-    it keeps the loss curve a pure function of (config, seed, data order)."""
-    init = {} if init_std is None else {"initializer_range": init_std}
-    if shape.family == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_positions=shape.max_positions, n_embd=shape.hidden,
-                          n_layer=shape.layers, n_head=shape.heads, n_inner=shape.ffn, resid_pdrop=0.0,
-                          embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, **token_ids, **init)
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=shape.hidden, intermediate_size=shape.ffn,
-                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                       num_key_value_heads=shape.kv_heads, max_position_embeddings=shape.max_positions,
-                       attention_dropout=0.0, tie_word_embeddings=False, **token_ids, **init)
+    """Our shape -> the HF config of a model this pipeline initializes (its family's defaults)."""
+    return family(shape.family).hf_config(shape, vocab_size, token_ids, init_std)
 
 
 def shape_of(config: PretrainedConfig) -> ModelShape:
-    """Our shape of an HF GPT-2 or LLaMA config (e.g. a donor checkpoint's)."""
+    """Our shape of an HF config of a registered family (e.g. a donor checkpoint's)."""
     return shape_from_hf(config.to_dict())
 
 
 def resized_config(config: PretrainedConfig, shape: ModelShape) -> PretrainedConfig:
     """A copy of an HF config with only the shape changed (every other hyperparameter kept)."""
-    config = config.__class__.from_dict(config.to_dict())
-    if shape.family == "gpt2":
-        config.update(dict(n_layer=shape.layers, n_embd=shape.hidden, n_head=shape.heads, n_inner=shape.ffn,
-                           n_positions=shape.max_positions))
-    else:
-        config.update(dict(num_hidden_layers=shape.layers, hidden_size=shape.hidden,
-                           num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-                           intermediate_size=shape.ffn, max_position_embeddings=shape.max_positions,
-                           head_dim=shape.head_dim))
-    return config
+    return family(shape.family).resized_config(config, shape)
 
 
 def checkpoint_config(hf_dir: str) -> PretrainedConfig:
