@@ -286,6 +286,26 @@ def test_lossless_growth_through_the_stage_keeps_the_donor_loss(prepared, donor,
     assert_saved_operator_is_its_exact_init(tmp_path / "g", donor)
 
 
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_other_families_grow_losslessly_through_the_stage(prepared, tmp_path, family):
+    """A Qwen2 (q/k/v biases, tied head) or Qwen3 (per-head q/k norms, head size 48 != width / heads)
+    donor grown 2 -> 3 layers, width 3/2, heads 4/2 -> 6/3 on 2 ranks under ZeRO-3: the exported
+    model's loss is the donor's on the same batches, and the stage's own evaluations agree."""
+    from pipeline.data.tokenizer import load_tokenizer
+    from pipeline.models.hf import save_initialized_model
+    from pipeline.models.sizes import SIZES
+    root, _, meta = prepared
+    donor = tmp_path / "donor"
+    save_initialized_model(SIZES[f"{family}-nano"], load_tokenizer(meta["tokenizer"]), meta["vocab_size"], donor, 0)
+    grow(tmp_path / "g", root, donor, "train.deepspeed_config=zero3", "grow.steps=0", f"model.size={family}-nano",
+         "model.layers=3", "model.hidden=192", "model.heads=6", "model.kv_heads=3", "model.ffn=528")
+    report = json.loads((tmp_path / "g" / "report.json").read_text())
+    assert report["plan"]["depth_init"] == "identity" and report["plan"]["target"]["family"] == family
+    donor_loss = exported_val_loss(donor, root)
+    assert exported_val_loss(tmp_path / "g" / "hf", root) == pytest.approx(donor_loss, rel=1e-5)
+    assert report["val_loss_heuristic_init"] == pytest.approx(donor_loss, rel=1e-5)
+
+
 def assert_saved_operator_is_its_exact_init(run_dir, donor):
     """The learned operator (fp32 masters) of a grow run with grow.steps=0 is the exact fp32 init, not
     its bf16 rounding (0.6 -> 0.6016)."""

@@ -25,6 +25,8 @@ CASES = {  # width-only at non-integer ratios (and new layers for GPT-2, whose r
         ModelShape("llama", 2, 48, 6, 3, 96, 64), ModelShape("llama", 2, 80, 10, 5, 160, 64)),
     "llama GQA 9/3 -> 15/5, untied": (
         ModelShape("llama", 2, 72, 9, 3, 128, 64), ModelShape("llama", 2, 120, 15, 5, 208, 64)),
+    "qwen2 q/k/v biases, GQA 6/3 -> 10/5": (
+        ModelShape("qwen2", 2, 48, 6, 3, 96, 64), ModelShape("qwen2", 2, 80, 10, 5, 160, 64)),
     "gpt2 ffn 7/4, 2 -> 3 layers": (
         ModelShape("gpt2", 2, 64, 2, 2, 128, 64), ModelShape("gpt2", 3, 64, 2, 2, 224, 64)),
 }
@@ -113,6 +115,17 @@ def test_one_step_of_the_grown_model_is_the_donors_step(case):
     moved = relative_error(expected, before)
     assert moved > 1e-3  # the step changed the donor's function clearly
     assert relative_error(got, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("family, donor, target, reason", [
+    ("gpt2", ModelShape("gpt2", 2, 64, 2, 2, 128, 64), ModelShape("gpt2", 2, 96, 3, 3, 128, 64), "LayerNorm re-centres"),
+    ("qwen3", ModelShape("qwen3", 2, 48, 6, 3, 96, 64, 16), ModelShape("qwen3", 2, 80, 10, 5, 160, 64, 16),
+     "per-head q/k norms"),
+])
+def test_starts_whose_moments_cannot_map_exactly_say_why(family, donor, target, reason):
+    plan = GrowthPlan(donor, target, "identity", "lossless", 0)
+    adapter = adapter_for(make_donor(donor).config)
+    assert reason in exactness_problem(plan, adapter, operator_init(plan, adapter), operator_steps=0)
 
 
 def test_a_fresh_optimizer_does_not_take_the_donors_step():

@@ -3,6 +3,7 @@
 Canonical layout (every matrix in torch.nn.Linear orientation, (out, in)):
   globals: embed (V, D), pos (T, D) [learned positions], final_norm.weight/.bias (D), head (V, D) [untied]
   layer:   attn_norm, q, k, v, o, mlp_norm, up, gate [gated MLPs], down   (".weight", ".bias" where present)
+           q_norm, k_norm [per-head norms over head_dim, shared by every head: Qwen3]
 
 Each canonical module has a *role*: which width expansion acts on its rows (what it produces) and
 which on its columns (what it reads). The growth operator works only with roles, so a new family is
@@ -25,6 +26,8 @@ LAYER_ROLES = {
     "q": ("q_heads", "residual"), "k": ("k_heads", "residual"), "v": ("v_heads", "residual"),
     "o": ("residual", "q_heads"),  # o reads the attention output, one slot per query head
     "up": ("ffn", "residual"), "gate": ("ffn", "residual"), "down": ("residual", "ffn"),
+    # one gain per position within a head: heads grow whole (head_dim fixed), so these never expand
+    "q_norm": ("head", None), "k_norm": ("head", None),
 }
 NORMS = ("attn_norm", "mlp_norm")
 # modules that add into the residual stream: a layer whose writers are zero is an identity
@@ -36,7 +39,7 @@ class Adapter:
     family: str
     layer_modules: tuple[str, ...]  # canonical modules of one decoder layer
     global_names: dict[str, str]  # canonical global key -> HF name
-    has_bias: bool  # linear layers and norms have biases
+    biases: tuple[str, ...] = ()  # canonical layer modules with a bias
     layer_norm: bool  # LayerNorm (centres the residual stream) rather than RMSNorm
     norm_eps_key: str  # the HF config key of the norms' eps
 
@@ -51,7 +54,7 @@ class Adapter:
         keys = []
         for name in self.layer_modules:
             keys.append(f"{name}.weight")
-            if self.has_bias:
+            if name in self.biases:
                 keys.append(f"{name}.bias")
         return keys
 

@@ -13,7 +13,7 @@ class GPT2Adapter(Adapter):
     layer_modules = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "up", "down")
     global_names = {"embed": "transformer.wte.weight", "pos": "transformer.wpe.weight",
                     "final_norm.weight": "transformer.ln_f.weight", "final_norm.bias": "transformer.ln_f.bias"}
-    has_bias = True
+    biases = layer_modules
     layer_norm = True
     norm_eps_key = "layer_norm_epsilon"
 

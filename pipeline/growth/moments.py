@@ -112,6 +112,9 @@ def exactness_problem(plan: GrowthPlan, adapter: Adapter, init: OperatorInit, op
     if adapter.layer_norm and t.hidden != d.hidden:
         return ("LayerNorm re-centres the residual stream over its new units, so the old units' gradients "
                 "differ from the donor's (only a LayerNorm family's MLP and depth grow exactly)")
+    if "q_norm" in adapter.layer_modules:
+        return ("the per-head q/k norms share rms_norm_eps with the residual norms, which lossless width "
+                "rescales, so the start is within ~1e-5 of the donor, not exact (Qwen3)")
     for layer in init.layer_expansions:
         if kv_gradient_factors(layer["q_heads"], layer["k_heads"], t.heads // t.kv_heads, d.heads // d.kv_heads) is None:
             return "KV groups are copied with unequal query-head shares"

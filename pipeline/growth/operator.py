@@ -203,6 +203,9 @@ def generation_flops(plan: GrowthPlan, adapter: Adapter, vocab_size: int) -> int
     for key in adapter.layer_keys():
         module, kind = key.split(".")
         row_role, col_role = LAYER_ROLES[module]
+        if row_role == "head":  # head norms are blended over depth, never expanded
+            per_layer += 2 * d.layers * d.head_dim
+            continue
         rows_out, rows_in, block = dims[row_role]
         if kind == "weight" and col_role is not None:
             cols_in, cols_block = dims[col_role][1:]
@@ -216,7 +219,7 @@ def generation_flops(plan: GrowthPlan, adapter: Adapter, vocab_size: int) -> int
         per_layer *= 2  # new units blend the next donor layers: a second generation
     # embeddings and head expand their columns; the final norm's weight (and bias) are expanded vectors
     global_rows = (vocab_size * (1 if adapter.tied_head else 2) + (t.max_positions if "pos" in adapter.global_names else 0)
-                   + (2 if adapter.has_bias else 1))
+                   + (2 if "final_norm.bias" in adapter.global_names else 1))
     return t.layers * per_layer + 2 * global_rows * d.hidden * t.hidden
 
 
@@ -290,6 +293,8 @@ class LayerGenerator(nn.Module):
         if module in NORMS:
             return residual.norm_vector(blended, kind)
         row_role, col_role = LAYER_ROLES[module]
+        if row_role == "head":
+            return blended
         rows = self._expansion(row_role)
         if kind == "weight":
             return _expand_both(blended, rows, self._expansion(col_role))
@@ -299,6 +304,8 @@ class LayerGenerator(nn.Module):
         """Mask of the entries that involve only the donor's own units (first copies)."""
         module, kind = key.split(".")
         row_role, col_role = LAYER_ROLES[module]
+        if row_role == "head":  # a head norm's gains serve old and new heads alike
+            return torch.ones(shape, dtype=torch.bool, device=self._shared[0].original.device)
         mask = self._expansion(row_role).original
         if len(shape) == 2:
             mask = mask[:, None] & self._expansion(col_role).original[None, :]

@@ -26,7 +26,7 @@ class Family:
     rotary = True  # rotary positions (need an even head dim); False: learned positions
     grouped_query = True  # kv_heads may divide heads; False: kv_heads = heads (and follows it)
     tie_embeddings = False  # the LM head of a model trained from scratch shares the embedding
-    config_defaults: dict = {}  # HF config values this pipeline sets for models it initializes
+    config_defaults: dict = {"attention_dropout": 0.0}  # HF config values for models it initializes
 
     @property
     def base_size(self) -> str:

@@ -13,7 +13,7 @@ from pipeline.models.families import FAMILIES, family
 from pipeline.models.family import canonical
 from pipeline.models.shape import SHAPE_FIELDS, ModelShape
 
-SIZES: dict[str, ModelShape] = {name: shape for f in FAMILIES.values() for name, shape in f.sizes.items()}
+SIZES: dict[str, ModelShape] = {name: canonical(shape) for f in FAMILIES.values() for name, shape in f.sizes.items()}
 DEFAULT_SIZE = "llama-micro"  # an unset model.size without a checkpoint to take the shape from
 
 

@@ -1,19 +1,18 @@
 """LLaMA (`LlamaForCausalLM`): RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention. Covers
 the shapes of TinyLlama, SmolLM and Llama 2/3."""
 
+from functools import partial
+
 from pipeline.models.family import Family
 from pipeline.models.shape import ModelShape
 
-
-def _shape(layers, hidden, heads, kv_heads, ffn, max_positions) -> ModelShape:
-    return ModelShape("llama", layers, hidden, heads, kv_heads, ffn, max_positions)
+_shape = partial(ModelShape, "llama")
 
 
 class Llama(Family):
     name = "llama"
     title = "LLaMA"
     adapter = "pipeline.growth.llama:LlamaAdapter"
-    config_defaults = dict(attention_dropout=0.0)
     sizes = {
         # CPU sizes: the tiny pipeline grows a *-nano donor into a *-micro target.
         "llama-nano": _shape(2, 128, 4, 2, 352, 512),

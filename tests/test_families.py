@@ -1,0 +1,113 @@
+"""The family registry and the families beyond GPT-2 and LLaMA (Mistral, Qwen2/2.5, Qwen3): shapes
+round-trip through their HF configs, and each grows losslessly from a random-init model of
+transformers' own config class (non-integer width, GQA head counts, a depth that is not a multiple),
+its generated forward equals the materialized model, and the export reloads with the same logits."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from pipeline.config import ConfigError, load_config
+from pipeline.growth.model import GrownModel
+from pipeline.models.families import FAMILIES
+from pipeline.models.hf import hf_config, resized_config, shape_of
+from pipeline.models.sizes import SIZES, resolve_shape
+from test_growth import TOKEN_IDS, VOCAB, grow, make_donor, materialized
+from test_lossless_growth import relative_error
+
+NEW_FAMILIES = ("mistral", "qwen2", "qwen3")
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_every_size_round_trips_through_its_hf_config(size):
+    shape = SIZES[size]
+    assert shape_of(hf_config(shape, VOCAB, TOKEN_IDS)) == shape
+    assert resolve_shape(load_config("tiny", [f"model.size={size}"]).model) == shape
+
+
+def test_every_family_has_a_cpu_size_and_an_importable_adapter():
+    for name, family in FAMILIES.items():
+        base = SIZES[family.base_size]
+        assert base.family == name and base.layers <= 4 and base.hidden <= 256
+        adapter = family.growth_adapter(hf_config(base, VOCAB, TOKEN_IDS))
+        assert adapter.family == name
+
+
+def donor_shape(family):
+    """3 layers, 96 wide, 6/2 heads of 16 (Qwen3: of 24, so heads x head size != width)."""
+    return replace(SIZES[f"{family}-nano"], layers=3, hidden=96, heads=6, kv_heads=2, ffn=160,
+                   head_size=24 if family == "qwen3" else None)
+
+
+def target_shape(family):
+    """4 layers (not a multiple of 3), 160 wide (5/3), 10/5 heads (GQA groups 3 -> 2), ffn 7/4."""
+    return replace(donor_shape(family), layers=4, hidden=160, heads=10, kv_heads=5, ffn=280)
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("tied", [True, False])
+def test_lossless_growth_keeps_the_donor_function(family, tied):
+    donor = make_donor(donor_shape(family), tied=tied)
+    op, config = grow(donor, target_shape(family), depth="identity", width="lossless")
+    ids = torch.randint(0, VOCAB, (3, 40))
+    with torch.no_grad():
+        assert relative_error(materialized(op, config)(ids).logits, donor(ids).logits) <= 1e-5
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_generated_forward_equals_the_exported_model(family, tmp_path):
+    op, config = grow(make_donor(donor_shape(family)), target_shape(family), depth="noisy_stack", width="random")
+    with torch.no_grad():  # move away from the init so every operator parameter matters
+        for p in op.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    ids = torch.randint(0, VOCAB, (2, 24))
+    with torch.no_grad():
+        generated = GrownModel(op, config)(ids).logits
+        model = materialized(op, config)
+        hf = model(ids).logits
+        model.save_pretrained(tmp_path)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+        assert type(reloaded) is type(model) and shape_of(reloaded.config) == target_shape(family)
+        again = reloaded(ids).logits
+    torch.testing.assert_close(generated, hf, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, hf, rtol=0, atol=0)
+
+
+def test_qwen2_biases_follow_their_heads():
+    """q/k/v biases are rows of their projections: a copied head carries its bias entries."""
+    donor = make_donor(donor_shape("qwen2"))
+    op, _ = grow(donor, target_shape("qwen2"), depth="identity", width="lossless")
+    weights = dict(op.materialize())
+    head = 16
+    donor_bias = donor.model.layers[0].self_attn.q_proj.bias.detach()
+    grown_bias = weights["model.layers.0.self_attn.q_proj.bias"]
+    assert grown_bias.shape == (10 * head,) and "model.layers.0.self_attn.o_proj.bias" not in weights
+    for h in range(10):  # every grown head's bias is one donor head's bias
+        block = grown_bias[h * head:(h + 1) * head]
+        assert any(torch.equal(block, donor_bias[s * head:(s + 1) * head]) for s in range(6))
+
+
+def test_qwen3_head_norms_are_kept_for_every_head():
+    donor = make_donor(donor_shape("qwen3"))
+    op, config = grow(donor, target_shape("qwen3"), depth="identity", width="lossless")
+    weights = dict(op.materialize())
+    assert config.head_dim == 24 and weights["model.layers.0.self_attn.q_norm.weight"].shape == (24,)
+    torch.testing.assert_close(weights["model.layers.0.self_attn.k_norm.weight"],
+                               donor.model.layers[0].self_attn.k_norm.weight.detach(), rtol=0, atol=0)
+
+
+def test_uniform_layer_types_follow_the_depth_and_mixed_ones_refuse_it():
+    donor = hf_config(donor_shape("qwen2"), VOCAB, TOKEN_IDS)
+    assert resized_config(donor, target_shape("qwen2")).layer_types == ["full_attention"] * 4
+    donor.layer_types = ["full_attention", "sliding_attention", "full_attention"]
+    with pytest.raises(ConfigError, match="mixes attention types by layer.*keep model.layers=3"):
+        resized_config(donor, target_shape("qwen2"))
+    assert resized_config(donor, replace(target_shape("qwen2"), layers=3)).layer_types == donor.layer_types
+
+
+def test_an_unknown_family_names_the_known_ones():
+    with pytest.raises(ConfigError, match="'opt' is not supported: the pipeline knows.*qwen3"):
+        shape_of(AutoConfig.for_model("opt"))
