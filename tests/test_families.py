@@ -17,7 +17,7 @@ from pipeline.models.sizes import SIZES, resolve_shape
 from test_growth import TOKEN_IDS, VOCAB, grow, make_donor, materialized
 from test_lossless_growth import relative_error
 
-NEW_FAMILIES = ("mistral", "qwen2", "qwen3")
+NEW_FAMILIES = ("mistral", "qwen2", "qwen3", "phi3")
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -111,3 +111,35 @@ def test_uniform_layer_types_follow_the_depth_and_mixed_ones_refuse_it():
 def test_an_unknown_family_names_the_known_ones():
     with pytest.raises(ConfigError, match="'opt' is not supported: the pipeline knows.*qwen3"):
         shape_of(AutoConfig.for_model("opt"))
+
+
+def test_llama_with_attention_and_mlp_biases_grows_losslessly():
+    """LLaMA's attention_bias (q, k, v, o) and mlp_bias (gate, up, down): o's and down's are residual
+    writers, zero in the new layers like their weights."""
+    torch.manual_seed(0)
+    config = hf_config(donor_shape("llama"), VOCAB, TOKEN_IDS)
+    config.attention_bias = config.mlp_bias = True
+    donor = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in donor.named_parameters():
+            if name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.2)
+    op, grown = grow(donor, target_shape("llama"), depth="identity", width="lossless")
+    assert set(op.adapter.biases) == {"q", "k", "v", "o", "gate", "up", "down"}
+    ids = torch.randint(0, VOCAB, (3, 40))
+    with torch.no_grad():
+        assert relative_error(materialized(op, grown)(ids).logits, donor(ids).logits) <= 1e-5
+
+
+def test_phi3_with_partial_rotary_grows_losslessly():
+    """Phi-4-mini's partial rotary (here half of each head) acts within a head; heads grow whole."""
+    torch.manual_seed(0)
+    config = hf_config(donor_shape("phi3"), VOCAB, TOKEN_IDS)
+    config.rope_parameters = {**config.rope_parameters, "partial_rotary_factor": 0.5}
+    config.tie_word_embeddings = True
+    donor = AutoModelForCausalLM.from_config(config).eval()
+    op, grown = grow(donor, target_shape("phi3"), depth="identity", width="lossless")
+    assert grown.rope_parameters["partial_rotary_factor"] == 0.5 and grown.tie_word_embeddings
+    ids = torch.randint(0, VOCAB, (3, 40))
+    with torch.no_grad():
+        assert relative_error(materialized(op, grown)(ids).logits, donor(ids).logits) <= 1e-5
