@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import hub
 from pipeline.errors import ConfigError
 from pipeline.lottery import CONTROLS, DEFAULT_INCLUDE, MODES, STRATEGIES
 from pipeline.growth.schemes import (DEPTH_COEFFICIENTS, DEPTH_SCHEMES, NEW_LAYER_PLACEMENTS, RECOMPUTE_MODES,
@@ -443,9 +444,19 @@ def load_config(recipe: str, overrides: list[str] | None = None) -> Config:
     """Recipe name or path + dotted overrides -> a validated ``Config``."""
     tree = _merge(_read_recipe(recipe), parse_overrides(overrides or []))
     config = _build(Config, tree, "")
+    resolve_hub_names(config)
     config.model = shape_from_checkpoints(config)
     validate(config)
     return config
+
+
+def resolve_hub_names(config: Config) -> None:
+    """Hub names (`org/name[@revision]`, pipeline/hub.py) in grow.donor, train.init_from and data.tokenizer
+    -> their local snapshot dirs, before anything reads them."""
+    config.grow.donor = hub.resolve(config.grow.donor, "grow.donor")
+    config.train.init_from = hub.resolve(config.train.init_from, "train.init_from")
+    config.data.tokenizer = hub.resolve(config.data.tokenizer, "data.tokenizer", hub.TOKENIZER_FILES,
+                                        "tokenizer_config.json")
 
 
 def _checkpoint_shape(model_dir: str, key: str) -> ModelShape:

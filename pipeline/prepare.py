@@ -56,7 +56,7 @@ def prepare(config: Config) -> dict:
     d = config.data
     out_dir = Path(d.output_dir)
     start = time.time()
-    tokenizer_dir(d.tokenizer)  # a hub name or a dir that is not a tokenizer is refused before the corpus is read
+    tokenizer_dir(d.tokenizer)  # a dir that is not a tokenizer is refused before the corpus is read
     sources = sources_of(d)
     corpora, fingerprints, divisions = [], [], []
     for source in sources:

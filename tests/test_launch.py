@@ -5,7 +5,6 @@ test_distributed.py."""
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from pathlib import Path
 
 import datasets
@@ -25,21 +24,13 @@ USER_SYMBOLS = ["\n", "\t"]
 TRAINING_RECORD = "pipeline_tokenizer.json"
 
 
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "SomeOrg/some-model": a model hub name
-
-
 def tokenizer_dir(name_or_path: str) -> Path:
-    """A bare name lives in the project's tokenizers/ directory; anything with a slash is a path.
+    """A bare name lives in the project's tokenizers/ directory; anything with a slash is a path (a Hub
+    name, "org/model", was resolved to its snapshot dir by the config: pipeline/hub.py).
 
-    Refused: a hub-style name ("org/model") that is not a local dir (there is no network here, and
-    training a new tokenizer into ./org/model would only surface as a vocabulary mismatch much later),
-    and a non-empty dir without a tokenizer (a new one would be trained into the user's files; a training
-    interrupted before it saved leaves such a dir too: delete it)."""
+    Refused: a non-empty dir without a tokenizer (a new one would be trained into the user's files; a
+    training interrupted before it saved leaves such a dir too: delete it)."""
     path = PROJECT_ROOT / "tokenizers" / name_or_path if "/" not in name_or_path else Path(name_or_path).expanduser()
-    if HUB_ID.fullmatch(name_or_path) and not path.parent.exists():  # "org/model", and no local dir "org"
-        raise ConfigError(f"data.tokenizer={name_or_path!r} is not a local dir (hub names are not downloaded): "
-                          f"download the tokenizer to a dir and pass its path, or give a bare name (no slash) "
-                          f"to train a new tokenizer into tokenizers/<name> (or ./{name_or_path} to train one there)")
     if path.is_dir() and any(path.iterdir()) and not (path / "tokenizer_config.json").exists():
         raise ConfigError(f"data.tokenizer={name_or_path!r}: {path} exists but holds no tokenizer "
                           f"(tokenizer_config.json); give a tokenizer dir, or a new name to train one (a dir left "
