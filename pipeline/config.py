@@ -222,8 +222,9 @@ class TrainConfig:
 @dataclass
 class GrowConfig:
     donor: typing.Optional[str] = None
-    """HF model dir of the small pretrained model (safetensors): our train stage's <run>/hf or any
-    GPT-2 / LLaMA checkpoint with the same tokenizer as data. The target shape is the `model` section."""
+    """HF model dir of the small pretrained model (safetensors), or a Hub name org/name[@revision]: our
+    train stage's <run>/hf or a checkpoint of a registered family (pipeline/models/families) with the
+    same tokenizer as data. The target shape is the `model` section."""
     depth_init: str = "identity"
     """Operator start in depth (pipeline/growth/init.py): identity (donor layers in order, new layers that
     start as exact identities: lossless for any depth) | stack (G_stack) | interpolate | midas |

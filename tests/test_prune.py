@@ -77,14 +77,15 @@ def test_random_prune_control_keeps_per_tensor_counts_at_other_positions():
     assert all(torch.equal(control[n], m) for n, m in random_masks_like(ticket, seed=3).items())  # seeded
 
 
-@pytest.mark.parametrize("size", ["llama-nano", "gpt2-nano"])
-def test_default_prunable_weights_are_the_blocks_matrices(size):
+@pytest.mark.parametrize("size, per_layer", [("llama-nano", 7), ("gpt2-nano", 4), ("qwen2-nano", 7), ("qwen3-nano", 7),
+                                             ("phi3-nano", 4)])
+def test_default_prunable_weights_are_the_blocks_matrices(size, per_layer):
     from pipeline.models.hf import build_model, hf_config
     from pipeline.models.sizes import SIZES
     model = build_model(hf_config(SIZES[size], 512, {}))
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     names = prunable_names(shapes, DEFAULT_INCLUDE, "")
-    assert len(names) == SIZES[size].layers * (7 if size.startswith("llama") else 4)
+    assert len(names) == SIZES[size].layers * per_layer
     assert not [n for n in names if any(k in n for k in ("embed", "wte", "wpe", "lm_head", "norm", "ln_", "bias"))]
     assert prunable_names(shapes, DEFAULT_INCLUDE, r"\.0\.") == [n for n in names if ".0." not in n]
     with pytest.raises(ConfigError, match="no weight matrix matches"):

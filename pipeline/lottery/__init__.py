@@ -4,6 +4,7 @@ importing torch. What each one does: pipeline/lottery/masks.py and pipeline/prun
 MODES = ("iterative", "one_shot")
 STRATEGIES = ("global", "layerwise")
 CONTROLS = ("dense_rewound", "random_prune", "random_reinit")
-# the attention and MLP matrices of every block, GPT-2 and LLaMA names: q/k/v/o_proj, gate/up/down_proj,
-# c_attn, c_proj, c_fc. Embeddings, the (tied) head, norms and biases never match.
-DEFAULT_INCLUDE = r"\.(self_attn|attn|mlp)\.[^.]+\.weight$"
+# the attention and MLP matrices of every block, in every family's names: q/k/v/o_proj, gate/up/down_proj,
+# qkv_proj, gate_up_proj, c_attn, c_proj, c_fc. Embeddings, the (tied) head, norms (also Qwen3's
+# self_attn.q_norm / k_norm) and biases never match.
+DEFAULT_INCLUDE = r"\.(self_attn|attn|mlp)\.(?![^.]*norm)[^.]+\.weight$"
