@@ -50,9 +50,12 @@ class Family:
 
     def hf_config(self, shape: ModelShape, vocab_size: int, token_ids: dict, init_std: float | None = None):
         """The HF config of a model this pipeline initializes. Dropout is off: pretraining at this scale
-        does not use it, and it keeps the loss curve a pure function of (config, seed, data order)."""
+        does not use it, and it keeps the loss curve a pure function of (config, seed, data order).
+        Special token ids not given are unset, not the config class's (Phi-3's pad id 32000 would not
+        even fit a small vocabulary)."""
         from transformers import AutoConfig
         init = {} if init_std is None else {"initializer_range": init_std}
+        token_ids = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None, **token_ids}
         return AutoConfig.for_model(self.name, vocab_size=vocab_size, tie_word_embeddings=self.tie_embeddings,
                                     **self.shape_keys(shape), **self.config_defaults, **token_ids, **init)
 
