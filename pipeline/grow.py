@@ -246,7 +246,8 @@ class GrowStage(PretrainStage):
             param, _, key = name.rpartition(".")
             if key in MOMENTS:
                 donor[key][param] = saved.get(name)
-        canonical = {key: self.adapter.to_canonical(tensors, self.plan.donor.layers) for key, tensors in donor.items()}
+        canonical = {key: self.adapter.to_canonical(tensors, self.plan.donor.layers, moments=True)
+                     for key, tensors in donor.items()}
         del donor
         moment_map = MomentMap(self.plan, self.adapter, init)
         globals_ = {key: canon[0] for key, canon in canonical.items()}

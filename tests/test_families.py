@@ -17,7 +17,7 @@ from pipeline.models.sizes import SIZES, resolve_shape
 from test_growth import TOKEN_IDS, VOCAB, grow, make_donor, materialized
 from test_lossless_growth import relative_error
 
-NEW_FAMILIES = ("mistral", "qwen2", "qwen3", "phi3")
+NEW_FAMILIES = ("mistral", "qwen2", "qwen3", "phi3", "gemma")
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -36,9 +36,9 @@ def test_every_family_has_a_cpu_size_and_an_importable_adapter():
 
 
 def donor_shape(family):
-    """3 layers, 96 wide, 6/2 heads of 16 (Qwen3: of 24, so heads x head size != width)."""
+    """3 layers, 96 wide, 6/2 heads of 16 (Qwen3, Gemma: of 24, so heads x head size != width)."""
     return replace(SIZES[f"{family}-nano"], layers=3, hidden=96, heads=6, kv_heads=2, ffn=160,
-                   head_size=24 if family == "qwen3" else None)
+                   head_size=24 if family in ("qwen3", "gemma") else None)
 
 
 def target_shape(family):

@@ -66,7 +66,7 @@ def grown_with_moments(donor, optimizer, target):
     names = {id(p): n for n, p in donor.named_parameters()}
     moments = {key: {names[id(p)]: optimizer.state[p][key] for p in donor.parameters()}
                for key in ("exp_avg", "exp_avg_sq")}
-    canonical = {key: adapter.to_canonical(m, donor_shape.layers) for key, m in moments.items()}
+    canonical = {key: adapter.to_canonical(m, donor_shape.layers, moments=True) for key, m in moments.items()}
     g, layers = adapter.to_canonical(donor.state_dict(), donor_shape.layers)
     op = GrowthOperator(plan, adapter, g, layers, init)
     model = materialized(op, grown_config(donor.config, plan, adapter))

@@ -30,6 +30,7 @@ LAYER_ROLES = {
     "q_norm": ("head", None), "k_norm": ("head", None),
 }
 NORMS = ("attn_norm", "mlp_norm")
+GAINS = NORMS + ("q_norm", "k_norm")  # modules whose weight is a norm's gain
 # modules that add into the residual stream: a layer whose writers are zero is an identity
 RESIDUAL_WRITERS = tuple(k for k, (rows, _) in LAYER_ROLES.items() if rows == "residual" and k not in NORMS)
 
@@ -41,6 +42,9 @@ class Adapter:
     global_names: dict[str, str]  # canonical global key -> HF name
     biases: tuple[str, ...] = ()  # canonical layer modules with a bias
     layer_norm: bool  # LayerNorm (centres the residual stream) rather than RMSNorm
+    # norms multiply by (gain_offset + weight): Gemma's 1 + w. Canonical gains are that factor, so that
+    # growth, which is linear in the donor's tensors, scales and copies gains, not weights.
+    gain_offset = 0.0
     norm_eps_key: str  # the HF config key of the norms' eps
 
     def __init__(self, hf_config):
@@ -61,14 +65,36 @@ class Adapter:
     def global_name(self, key: str) -> str:
         return self.global_names[key]
 
-    def to_canonical(self, hf: dict[str, torch.Tensor], layers: int) -> tuple[dict, list[dict]]:
-        """An HF state dict -> (globals, one dict per layer) in canonical names."""
+    def to_canonical(self, hf: dict[str, torch.Tensor], layers: int,
+                     moments: bool = False) -> tuple[dict, list[dict]]:
+        """An HF state dict (weights, or AdamW moments: their gains take no offset) -> (globals, one dict
+        per layer) in canonical names."""
         try:
             hf = self.normalize_names(hf)
             g = {key: hf[name] for key, name in self.global_names.items() if not (key == "head" and self.tied_head)}
-            return g, [self.layer_to_canonical(hf, self.layer_prefix(i)) for i in range(layers)]
+            layer_list = [self.layer_to_canonical(hf, self.layer_prefix(i)) for i in range(layers)]
         except KeyError as err:
             raise ConfigError(f"donor checkpoint has no tensor {err}: it does not match its config.json") from None
+        if moments or not self.gain_offset:
+            return g, layer_list
+        return self._shift_gains(g, self.gain_offset), [self._shift_gains(layer, self.gain_offset) for layer in layer_list]
+
+    def export_layer(self, layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Canonical layer weights -> HF names and values (relative to the layer module)."""
+        return self.layer_to_hf(self._shift_gains(layer, -self.gain_offset) if self.gain_offset else layer)
+
+    def export_global(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        return value - self.gain_offset if key == "final_norm.weight" and self.gain_offset else value
+
+    def _shift_gains(self, tensors: dict[str, torch.Tensor], offset: float) -> dict[str, torch.Tensor]:
+        return {key: value + offset if key == "final_norm.weight" or (key.split(".")[0] in GAINS and
+                                                                      key.endswith(".weight")) else value
+                for key, value in tensors.items()}
+
+    def embedding_factor(self, donor_hidden: int, target_hidden: int) -> float:
+        """What the grown embedding matrix is multiplied by so its lookups are the donor's expanded (1:
+        the model does not scale its embeddings by a function of the width)."""
+        return 1.0
 
     def normalize_names(self, hf: dict) -> dict:
         """Checkpoint naming variants -> the names the HF model class uses."""

@@ -120,4 +120,4 @@ class GrownModel(nn.Module):
 
 
 def _layer_weights(generator, adapter):
-    return lambda: adapter.layer_to_hf(generator())
+    return lambda: adapter.export_layer(generator())

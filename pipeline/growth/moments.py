@@ -112,6 +112,9 @@ def exactness_problem(plan: GrowthPlan, adapter: Adapter, init: OperatorInit, op
     if adapter.layer_norm and t.hidden != d.hidden:
         return ("LayerNorm re-centres the residual stream over its new units, so the old units' gradients "
                 "differ from the donor's (only a LayerNorm family's MLP and depth grow exactly)")
+    if adapter.embedding_factor(d.hidden, t.hidden) != 1.0:
+        return ("the embedding lookups are scaled by sqrt(width) (Gemma), so the grown embedding's gradient "
+                "and step differ from the donor's by that factor")
     if "q_norm" in adapter.layer_modules:
         return ("the per-head q/k norms share rms_norm_eps with the residual norms, which lossless width "
                 "rescales, so the start is within ~1e-5 of the donor, not exact (Qwen3)")

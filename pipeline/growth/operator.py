@@ -326,9 +326,10 @@ class GlobalGenerator(nn.Module):
     """Embeddings, final norm and LM head: donor tensors (frozen) expanded by the residual expansion."""
 
     def __init__(self, donor_globals: dict[str, torch.Tensor], residual: Expansion, adapter: Adapter,
-                 positions: int):
+                 positions: int, embedding_factor: float = 1.0):
         super().__init__()
         self.positions = positions
+        self.embedding_factor = embedding_factor
         self.donor = FrozenDonor(donor_globals)
         self._shared = (residual,)
         self.adapter = adapter
@@ -337,17 +338,21 @@ class GlobalGenerator(nn.Module):
         return list(self._shared[0].parameters())
 
     def forward(self, key: str) -> torch.Tensor:
+        """The target's global tensor `key`, as its HF model holds it."""
         residual = self._shared[0]
         donor = self.donor.get(key, residual.weight.dtype)
-        if key in ("embed", "pos"):  # residual writers: columns are the residual stream
-            if key == "pos":
-                donor = donor[:self.positions]
-            return residual.cols(donor, consumer=False)
+        if key == "pos":  # a residual writer: columns are the residual stream
+            return residual.cols(donor[:self.positions], consumer=False)
+        if key == "embed":  # Gemma scales lookups by sqrt(width): the matrix undoes the change
+            return residual.cols(donor, consumer=False) * self.embedding_factor
         if key == "head":  # reads the final normed stream
             return residual.cols(donor, consumer=True)
         # final norm: with a tied head the head (= expanded embedding) cannot carry the consumer
-        # scale, so the final norm's output takes it instead.
-        return residual.norm_vector(donor, key.split(".")[1], consumer=self.adapter.tied_head)
+        # scale (nor undo the embedding factor), so the final norm's output takes it instead.
+        gain = residual.norm_vector(donor, key.split(".")[1], consumer=self.adapter.tied_head)
+        if self.adapter.tied_head and key == "final_norm.weight":
+            gain = gain / self.embedding_factor
+        return self.adapter.export_global(key, gain)
 
 
 @dataclass
@@ -412,7 +417,8 @@ class GrowthOperator(nn.Module):
         init = operator_init(plan, adapter) if init is None else init
         self.residual = Expansion(init.residual, layer_norm=adapter.layer_norm)
         self.donor = donor_layer_stacks(donor_layers)
-        self.globals = GlobalGenerator(donor_globals, self.residual, adapter, t.max_positions)
+        self.globals = GlobalGenerator(donor_globals, self.residual, adapter, t.max_positions,
+                                       adapter.embedding_factor(d.hidden, t.hidden))
         blocks = {"q_heads": d.head_dim, "k_heads": d.head_dim, "v_heads": d.head_dim, "ffn": 1}
         # each generator owns its target layer's row of the depth matrices
         self.layers = nn.ModuleList(
@@ -451,5 +457,5 @@ class GrowthOperator(nn.Module):
             yield self.adapter.global_name(key), self.globals(key)
         for i, layer in enumerate(self.layers):
             prefix = self.adapter.layer_prefix(i)
-            for name, value in self.adapter.layer_to_hf(layer()).items():
+            for name, value in self.adapter.export_layer(layer()).items():
                 yield prefix + name, value
