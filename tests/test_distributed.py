@@ -286,10 +286,11 @@ def test_lossless_growth_through_the_stage_keeps_the_donor_loss(prepared, donor,
     assert_saved_operator_is_its_exact_init(tmp_path / "g", donor)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma", "gemma2"])
 def test_other_families_grow_losslessly_through_the_stage(prepared, tmp_path, family):
     """A Qwen2 (q/k/v biases, tied head), Qwen3 (per-head q/k norms, head size 48 != width / heads) or
-    Gemma (1 + w gains, sqrt(width) embedding scale, tied head, head size 48) donor grown 2 -> 3 layers, width 3/2, heads 4/2 -> 6/3 on 2 ranks under ZeRO-3: the exported
+    Gemma (1 + w gains, sqrt(width) embedding scale, tied head, head size 48) or Gemma2 (and sandwich
+    norms, soft-capping, sliding and global layers) donor grown 2 -> 3 layers, width 3/2, heads 4/2 -> 6/3 on 2 ranks under ZeRO-3: the exported
     model's loss is the donor's on the same batches, and the stage's own evaluations agree."""
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.models.hf import save_initialized_model

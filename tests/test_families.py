@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from pipeline.config import ConfigError, load_config
+from pipeline.growth.init import identity_layout
 from pipeline.growth.model import GrownModel
 from pipeline.models.families import FAMILIES
 from pipeline.models.hf import hf_config, resized_config, shape_of
@@ -17,7 +18,7 @@ from pipeline.models.sizes import SIZES, resolve_shape
 from test_growth import TOKEN_IDS, VOCAB, grow, make_donor, materialized
 from test_lossless_growth import relative_error
 
-NEW_FAMILIES = ("mistral", "qwen2", "qwen3", "phi3", "gemma")
+NEW_FAMILIES = ("mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2")
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -38,7 +39,7 @@ def test_every_family_has_a_cpu_size_and_an_importable_adapter():
 def donor_shape(family):
     """3 layers, 96 wide, 6/2 heads of 16 (Qwen3, Gemma: of 24, so heads x head size != width)."""
     return replace(SIZES[f"{family}-nano"], layers=3, hidden=96, heads=6, kv_heads=2, ffn=160,
-                   head_size=24 if family in ("qwen3", "gemma") else None)
+                   head_size=24 if family in ("qwen3", "gemma", "gemma2") else None)
 
 
 def target_shape(family):
@@ -143,3 +144,32 @@ def test_phi3_with_partial_rotary_grows_losslessly():
     ids = torch.randint(0, VOCAB, (3, 40))
     with torch.no_grad():
         assert relative_error(materialized(op, grown)(ids).logits, donor(ids).logits) <= 1e-5
+
+
+def test_gemma2_keeps_each_layers_attention_type_and_grows_identities_by_zero_output_norms():
+    """Sliding (window 8, shorter than the batch) and global layers alternate; the grown model keeps
+    each donor layer's type (new layers take their source's), its new layers are identities through
+    zero sandwich-norm gains (w = -1) with live writers, and it computes the donor's function."""
+    torch.manual_seed(0)
+    config = hf_config(replace(donor_shape("gemma2"), layers=4), VOCAB, TOKEN_IDS)
+    config.sliding_window = 8
+    assert config.layer_types == ["sliding_attention", "full_attention"] * 2
+    donor = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in donor.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    target = replace(target_shape("gemma2"), layers=6)
+    op, grown = grow(donor, target, depth="identity", width="lossless")
+    sources, new = identity_layout(4, 6, "interleave")  # [0, 0, 1, 2, 2, 3]: new layers 1 and 4
+    assert grown.layer_types == [config.layer_types[s] for s in sources] != config.layer_types[:2] * 3
+    weights = dict(op.materialize())
+    for i in (i for i, is_new in enumerate(new) if is_new):
+        assert torch.all(weights[f"model.layers.{i}.post_attention_layernorm.weight"] == -1)
+        assert torch.all(weights[f"model.layers.{i}.post_feedforward_layernorm.weight"] == -1)
+        assert weights[f"model.layers.{i}.self_attn.o_proj.weight"].abs().sum() > 0
+    ids = torch.randint(0, VOCAB, (3, 40))
+    with torch.no_grad():
+        assert relative_error(materialized(op, grown)(ids).logits, donor(ids).logits) <= 1e-5
+        config.layer_types = ["full_attention"] * 4  # the types matter here: all-global is another function
+        assert relative_error(AutoModelForCausalLM.from_config(config).eval()(ids).logits, donor(ids).logits) > 1e-3

@@ -51,6 +51,7 @@ def test_shape_overrides():
     ("gpt2-124m", 124.4), ("gpt2-350m", 354.8), ("gpt2-774m", 774.0), ("gpt2-1.5b", 1557.6),
     ("tinyllama-1.1b", 1100.0), ("llama-125m", 124.7), ("mistral-7b", 7241.7), ("phi-3-mini", 3821.1),
     ("gemma-2b", 2506.2), ("gemma-7b", 8537.7),  # Gemma's report: 2.51B, 8.54B (tied, 256k vocab)
+    ("gemma-2-2b", 2614.3), ("gemma-2-9b", 9241.7),  # Gemma 2's: 2.61B, 9.24B
     # Qwen's model cards: 0.49B / 1.54B / 0.6B / 1.7B in all (tied embeddings of 151,936 tokens)
     ("qwen2.5-0.5b", 494.0), ("qwen2.5-1.5b", 1543.7), ("qwen3-0.6b", 596.0), ("qwen3-1.7b", 1720.6),
 ])

@@ -4,6 +4,7 @@ Canonical layout (every matrix in torch.nn.Linear orientation, (out, in)):
   globals: embed (V, D), pos (T, D) [learned positions], final_norm.weight/.bias (D), head (V, D) [untied]
   layer:   attn_norm, q, k, v, o, mlp_norm, up, gate [gated MLPs], down   (".weight", ".bias" where present)
            q_norm, k_norm [per-head norms over head_dim, shared by every head: Qwen3]
+           attn_out_norm, mlp_out_norm [norms on the blocks' outputs: Gemma2's sandwich]
 
 Each canonical module has a *role*: which width expansion acts on its rows (what it produces) and
 which on its columns (what it reads). The growth operator works only with roles, so a new family is
@@ -28,8 +29,14 @@ LAYER_ROLES = {
     "up": ("ffn", "residual"), "gate": ("ffn", "residual"), "down": ("residual", "ffn"),
     # one gain per position within a head: heads grow whole (head_dim fixed), so these never expand
     "q_norm": ("head", None), "k_norm": ("head", None),
+    # Gemma2's sandwich norms, on the attention's and the MLP's output before the residual add
+    "attn_out_norm": ("residual", None), "mlp_out_norm": ("residual", None),
 }
-NORMS = ("attn_norm", "mlp_norm")
+# Norms of the residual width. Their gains expand alike before a reader (attn_norm) and after a writer
+# (attn_out_norm): a lossless writer emits the donor's units and zeros, whose mean square is D1/D2 of
+# the donor's, so the normalized old units are sqrt(D2/D1) larger either way and the gain takes the
+# stream ratio sqrt(D1/D2); new units are zero at a post-norm's input, so its output there is zero.
+NORMS = ("attn_norm", "mlp_norm", "attn_out_norm", "mlp_out_norm")
 GAINS = NORMS + ("q_norm", "k_norm")  # modules whose weight is a norm's gain
 # modules that add into the residual stream: a layer whose writers are zero is an identity
 RESIDUAL_WRITERS = tuple(k for k, (rows, _) in LAYER_ROLES.items() if rows == "residual" and k not in NORMS)
@@ -53,6 +60,14 @@ class Adapter:
     @property
     def residual_writers(self) -> tuple[str, ...]:
         return tuple(k for k in RESIDUAL_WRITERS if k in self.layer_modules)
+
+    @property
+    def identity_modules(self) -> tuple[str, ...]:
+        """The modules whose zero makes a new layer an identity: its residual writers (what it adds is
+        W·a = 0), or the norms on its outputs where a family has them (a zero gain, so the writers stay
+        live and their gradient is not the 1/sqrt(eps) of a norm at a zero input)."""
+        out_norms = tuple(k for k in ("attn_out_norm", "mlp_out_norm") if k in self.layer_modules)
+        return out_norms or self.residual_writers
 
     def layer_keys(self) -> list[str]:
         keys = []

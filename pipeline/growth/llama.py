@@ -21,6 +21,7 @@ class LlamaAdapter(Adapter):
                     "head": "lm_head.weight"}
     layer_norm = False
     norm_eps_key = "rms_norm_eps"
+    hf_names = HF_NAMES  # canonical layer module -> HF module name within a layer
 
     def __init__(self, hf_config):
         super().__init__(hf_config)
@@ -35,10 +36,10 @@ class LlamaAdapter(Adapter):
         return f"model.layers.{i}."
 
     def layer_to_canonical(self, hf: dict, prefix: str) -> dict[str, torch.Tensor]:
-        return {key: hf[f"{prefix}{HF_NAMES[key.split('.')[0]]}.{key.split('.')[1]}"] for key in self.layer_keys()}
+        return {key: hf[f"{prefix}{self.hf_names[key.split('.')[0]]}.{key.split('.')[1]}"] for key in self.layer_keys()}
 
     def layer_to_hf(self, layer: dict) -> dict[str, torch.Tensor]:
-        return {f"{HF_NAMES[key.split('.')[0]]}.{key.split('.')[1]}": value for key, value in layer.items()}
+        return {f"{self.hf_names[key.split('.')[0]]}.{key.split('.')[1]}": value for key, value in layer.items()}
 
     def wire(self, model, wrap, global_weights):
         body = model.model

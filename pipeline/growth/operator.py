@@ -37,8 +37,8 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.growth.adapters import LAYER_ROLES, NORMS, Adapter
-from pipeline.growth.init import (ExpansionInit, copy_sources, depth_init, equal_copies, head_sources, new_layers,
-                                  next_layer, original_units, width_init)
+from pipeline.growth.init import (ExpansionInit, copy_sources, depth_init, depth_sources, equal_copies, head_sources,
+                                  new_layers, next_layer, original_units, width_init)
 from pipeline.models.hf import resized_config
 from pipeline.models.families import family
 from pipeline.models.sizes import ModelShape
@@ -108,8 +108,10 @@ def norm_eps_scale(plan: GrowthPlan) -> float:
 
 def grown_config(donor_config, plan: GrowthPlan, adapter: Adapter):
     """The grown model's HF config: the donor's hyperparameters (RoPE base, activation, tying, ...) with
-    the target's shape, and the norm eps lossless growth needs."""
-    config = resized_config(donor_config, plan.target)
+    the target's shape, each layer's attention type (sliding or full) from the donor layer its start
+    copies, and the norm eps lossless growth needs."""
+    sources = depth_sources(plan.depth_init, plan.donor.layers, plan.target.layers, plan.new_layers)
+    config = resized_config(donor_config, plan.target, sources)
     setattr(config, adapter.norm_eps_key, getattr(config, adapter.norm_eps_key) * norm_eps_scale(plan))
     return config
 
@@ -396,7 +398,7 @@ def operator_init(plan: GrowthPlan, adapter: Adapter) -> OperatorInit:
     keys = adapter.layer_modules if plan.depth_coefficients == "per_module" else (SHARED,)
     depth = {k: depth_init(plan.depth_init, d.layers, t.layers, gen, plan.new_layers) for k in keys}
     new = torch.tensor(new_layers(plan.depth_init, d.layers, t.layers, plan.new_layers))
-    for k in adapter.residual_writers:  # identity layers: their writers add nothing to the residual
+    for k in adapter.identity_modules:  # identity layers add nothing to the residual
         if k in depth:
             depth[k][new] = 0.0
     depth_new = {k: next_layer(w) for k, w in depth.items()} if plan.width_init == "aki" else None

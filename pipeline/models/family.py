@@ -59,13 +59,17 @@ class Family:
         return AutoConfig.for_model(self.name, vocab_size=vocab_size, tie_word_embeddings=self.tie_embeddings,
                                     **self.shape_keys(shape), **self.config_defaults, **token_ids, **init)
 
-    def resized_config(self, config, shape: ModelShape):
+    def resized_config(self, config, shape: ModelShape, layer_sources: list[int] | None = None):
         """A copy of an HF config with only the shape changed (every other hyperparameter kept). Per-layer
-        settings (`layer_types`: sliding or full attention) follow the depth where they are uniform."""
+        settings (`layer_types`: sliding or full attention) follow the new depth: each new layer takes
+        the type of its source layer (`layer_sources`: the donor layer each one copies), so every donor
+        layer keeps its own; uniform settings simply extend."""
         config = config.__class__.from_dict(config.to_dict())
         config.update(self.shape_keys(shape))
         layer_types = getattr(config, "layer_types", None)
-        if layer_types is not None and len(layer_types) != shape.layers:
+        if layer_types is not None and layer_sources is not None:
+            config.layer_types = [layer_types[source] for source in layer_sources]
+        elif layer_types is not None and len(layer_types) != shape.layers:
             if len(set(layer_types)) > 1:
                 raise ConfigError(f"the {self.title} config mixes attention types by layer ({sorted(set(layer_types))}): "
                                   f"changing its depth ({len(layer_types)} -> {shape.layers} layers) would shift "

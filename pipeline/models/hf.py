@@ -34,9 +34,11 @@ def shape_of(config: PretrainedConfig) -> ModelShape:
     return shape_from_hf(config.to_dict())
 
 
-def resized_config(config: PretrainedConfig, shape: ModelShape) -> PretrainedConfig:
-    """A copy of an HF config with only the shape changed (every other hyperparameter kept)."""
-    return family(shape.family).resized_config(config, shape)
+def resized_config(config: PretrainedConfig, shape: ModelShape,
+                   layer_sources: list[int] | None = None) -> PretrainedConfig:
+    """A copy of an HF config with only the shape changed (every other hyperparameter kept; per-layer
+    settings follow `layer_sources`, the source layer of each new one)."""
+    return family(shape.family).resized_config(config, shape, layer_sources)
 
 
 def checkpoint_config(hf_dir: str) -> PretrainedConfig:
