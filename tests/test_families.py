@@ -18,7 +18,8 @@ from pipeline.models.sizes import SIZES, resolve_shape
 from test_growth import TOKEN_IDS, VOCAB, grow, make_donor, materialized
 from test_lossless_growth import relative_error
 
-NEW_FAMILIES = ("mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2")
+NEW_FAMILIES = ("mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text")
+OWN_HEAD_SIZE = ("qwen3", "gemma", "gemma2", "gemma3_text")  # heads x head size != width
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -37,9 +38,9 @@ def test_every_family_has_a_cpu_size_and_an_importable_adapter():
 
 
 def donor_shape(family):
-    """3 layers, 96 wide, 6/2 heads of 16 (Qwen3, Gemma: of 24, so heads x head size != width)."""
-    return replace(SIZES[f"{family}-nano"], layers=3, hidden=96, heads=6, kv_heads=2, ffn=160,
-                   head_size=24 if family in ("qwen3", "gemma", "gemma2") else None)
+    """3 layers, 96 wide, 6/2 heads of 16 (OWN_HEAD_SIZE: of 24)."""
+    return replace(SIZES[FAMILIES[family].base_size], layers=3, hidden=96, heads=6, kv_heads=2, ffn=160,
+                   head_size=24 if family in OWN_HEAD_SIZE else None)
 
 
 def target_shape(family):
