@@ -103,7 +103,7 @@ class GrowStage(PretrainStage):
         self.donor_config, self.adapter, self.donor_shards = read_donor(g.donor)
         self.plan = GrowthPlan(shape_of(self.donor_config), resolve_shape(config.model), g.depth_init,
                                g.width_init, config.train.seed, g.depth_coefficients, g.new_layers)
-        check_plan(self.plan)
+        check_plan(self.plan, self.adapter)
         check_donor_tokenizer(g.donor, self.donor_config.vocab_size, config.data.output_dir)
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"[grow] donor {self.plan.donor} -> target {self.plan.target}", flush=True)

@@ -18,8 +18,8 @@ from pipeline.models.sizes import SIZES, resolve_shape
 from test_growth import TOKEN_IDS, VOCAB, grow, make_donor, materialized
 from test_lossless_growth import relative_error
 
-NEW_FAMILIES = ("mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text")
-OWN_HEAD_SIZE = ("qwen3", "gemma", "gemma2", "gemma3_text")  # heads x head size != width
+NEW_FAMILIES = ("mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo2")
+OWN_HEAD_SIZE = ("qwen3", "gemma", "gemma2", "gemma3_text", "olmo2")  # heads x head size != width
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -44,8 +44,10 @@ def donor_shape(family):
 
 
 def target_shape(family):
-    """4 layers (not a multiple of 3), 160 wide (5/3), 10/5 heads (GQA groups 3 -> 2), ffn 7/4."""
-    return replace(donor_shape(family), layers=4, hidden=160, heads=10, kv_heads=5, ffn=280)
+    """4 layers (not a multiple of 3), 160 wide (5/3), 10/5 heads (GQA groups 3 -> 2), ffn 7/4. OLMo2: 12/4
+    heads (its q/k norms over all heads need whole multiples of the donor's)."""
+    heads, kv_heads = (12, 4) if family == "olmo2" else (10, 5)
+    return replace(donor_shape(family), layers=4, hidden=160, heads=heads, kv_heads=kv_heads, ffn=280)
 
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)
@@ -174,3 +176,11 @@ def test_gemma2_keeps_each_layers_attention_type_and_grows_identities_by_zero_ou
         assert relative_error(materialized(op, grown)(ids).logits, donor(ids).logits) <= 1e-5
         config.layer_types = ["full_attention"] * 4  # the types matter here: all-global is another function
         assert relative_error(AutoModelForCausalLM.from_config(config).eval()(ids).logits, donor(ids).logits) > 1e-3
+
+
+def test_olmo2_lossless_width_needs_whole_head_multiples_and_names_the_closest():
+    donor = make_donor(donor_shape("olmo2"))
+    with pytest.raises(ConfigError, match=r"whole multiples of the donor's heads \(6 query / 2 KV\), got 10 / 5: the "
+                                          r"closest exact target has model.heads=12 model.kv_heads=4"):
+        grow(donor, replace(target_shape("olmo2"), heads=10, kv_heads=5), depth="identity", width="lossless")
+    grow(donor, replace(target_shape("olmo2"), heads=10, kv_heads=5), depth="stack", width="random")  # not lossless

@@ -120,7 +120,7 @@ def test_one_step_of_the_grown_model_is_the_donors_step(case):
 @pytest.mark.parametrize("family, donor, target, reason", [
     ("gpt2", ModelShape("gpt2", 2, 64, 2, 2, 128, 64), ModelShape("gpt2", 2, 96, 3, 3, 128, 64), "LayerNorm re-centres"),
     ("qwen3", ModelShape("qwen3", 2, 48, 6, 3, 96, 64, 16), ModelShape("qwen3", 2, 80, 10, 5, 160, 64, 16),
-     "per-head q/k norms"),
+     "q/k norms' rescaled eps"),
 ])
 def test_starts_whose_moments_cannot_map_exactly_say_why(family, donor, target, reason):
     plan = GrowthPlan(donor, target, "identity", "lossless", 0)

@@ -4,7 +4,8 @@ Canonical layout (every matrix in torch.nn.Linear orientation, (out, in)):
   globals: embed (V, D), pos (T, D) [learned positions], final_norm.weight/.bias (D), head (V, D) [untied]
   layer:   attn_norm, q, k, v, o, mlp_norm, up, gate [gated MLPs], down   (".weight", ".bias" where present)
            q_norm, k_norm [per-head norms over head_dim, shared by every head: Qwen3]
-           attn_out_norm, mlp_out_norm [norms on the blocks' outputs: Gemma2's sandwich]
+           attn_out_norm, mlp_out_norm [norms on the blocks' outputs: Gemma2's sandwich, OLMo2]
+           q_heads_norm, k_heads_norm [norms over all query (key) heads together: OLMo2]
 
 Each canonical module has a *role*: which width expansion acts on its rows (what it produces) and
 which on its columns (what it reads). The growth operator works only with roles, so a new family is
@@ -31,13 +32,16 @@ LAYER_ROLES = {
     "q_norm": ("head", None), "k_norm": ("head", None),
     # Gemma2's sandwich norms, on the attention's and the MLP's output before the residual add
     "attn_out_norm": ("residual", None), "mlp_out_norm": ("residual", None),
+    # OLMo2's q/k norms over all heads together: one gain per q (k) row, copied with its head
+    "q_heads_norm": ("q_heads", None), "k_heads_norm": ("k_heads", None),
 }
 # Norms of the residual width. Their gains expand alike before a reader (attn_norm) and after a writer
 # (attn_out_norm): a lossless writer emits the donor's units and zeros, whose mean square is D1/D2 of
 # the donor's, so the normalized old units are sqrt(D2/D1) larger either way and the gain takes the
 # stream ratio sqrt(D1/D2); new units are zero at a post-norm's input, so its output there is zero.
 NORMS = ("attn_norm", "mlp_norm", "attn_out_norm", "mlp_out_norm")
-GAINS = NORMS + ("q_norm", "k_norm")  # modules whose weight is a norm's gain
+QK_NORMS = ("q_norm", "k_norm", "q_heads_norm", "k_heads_norm")  # norms of q and k (per head, or over all heads)
+GAINS = NORMS + QK_NORMS  # modules whose weight is a norm's gain
 # modules that add into the residual stream: a layer whose writers are zero is an identity
 RESIDUAL_WRITERS = tuple(k for k, (rows, _) in LAYER_ROLES.items() if rows == "residual" and k not in NORMS)
 
@@ -105,6 +109,10 @@ class Adapter:
         return {key: value + offset if key == "final_norm.weight" or (key.split(".")[0] in GAINS and
                                                                       key.endswith(".weight")) else value
                 for key, value in tensors.items()}
+
+    def plan_problem(self, plan) -> str | None:
+        """Why this family cannot grow as `plan` asks (None: it can); checked before any work."""
+        return None
 
     def embedding_factor(self, donor_hidden: int, target_hidden: int) -> float:
         """What the grown embedding matrix is multiplied by so its lookups are the donor's expanded (1:

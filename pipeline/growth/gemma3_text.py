@@ -1,6 +1,6 @@
 """Gemma 3 (text) for growth: Gemma 2's layer with per-head q/k norms (Qwen3's kind, with Gemma's 1 + w
-gains) and per-attention-type RoPE settings, which follow each layer's type. Like Qwen3's, the head
-norms share rms_norm_eps with the residual norms that lossless width rescales: ~1e-5, not exact."""
+gains) and per-attention-type RoPE settings, which follow each layer's type. As for Qwen3, q and k are
+scaled to meet the eps that lossless width shrinks (operator.qk_factor)."""
 
 from pipeline.growth.gemma2 import Gemma2Adapter
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.growth.adapters import LAYER_ROLES, NORMS, Adapter
+from pipeline.growth.adapters import LAYER_ROLES, NORMS, QK_NORMS, Adapter
 from pipeline.growth.init import ExpansionInit, identity_layout
 from pipeline.growth.operator import GrowthPlan, OperatorInit
 
@@ -115,9 +115,9 @@ def exactness_problem(plan: GrowthPlan, adapter: Adapter, init: OperatorInit, op
     if adapter.embedding_factor(d.hidden, t.hidden) != 1.0:
         return ("the embedding lookups are scaled by sqrt(width) (Gemma), so the grown embedding's gradient "
                 "and step differ from the donor's by that factor")
-    if "q_norm" in adapter.layer_modules:
-        return ("the per-head q/k norms share rms_norm_eps with the residual norms, which lossless width "
-                "rescales, so the start is within ~1e-5 of the donor, not exact (Qwen3)")
+    if set(QK_NORMS) & set(adapter.layer_modules) and t.hidden != d.hidden:
+        return ("the q and k projections are scaled to meet the q/k norms' rescaled eps (operator.qk_factor), "
+                "which the moment map does not model (Qwen3, Gemma 3, OLMo2)")
     for layer in init.layer_expansions:
         if kv_gradient_factors(layer["q_heads"], layer["k_heads"], t.heads // t.kv_heads, d.heads // d.kv_heads) is None:
             return "KV groups are copied with unequal query-head shares"

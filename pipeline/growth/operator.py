@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError
-from pipeline.growth.adapters import LAYER_ROLES, NORMS, Adapter
+from pipeline.growth.adapters import LAYER_ROLES, NORMS, QK_NORMS, Adapter
 from pipeline.growth.init import (ExpansionInit, copy_sources, depth_init, depth_sources, equal_copies, head_sources,
                                   new_layers, next_layer, original_units, width_init)
 from pipeline.models.hf import resized_config
@@ -63,8 +63,9 @@ def depth_coefficients_of(depth: nn.ParameterDict, module: str) -> nn.Parameter:
     return depth[module if module in depth else SHARED]
 
 
-def check_plan(plan: GrowthPlan) -> None:
-    """Refuse growth that the operator cannot express, before any compute."""
+def check_plan(plan: GrowthPlan, adapter: Adapter | None = None) -> None:
+    """Refuse growth that the operator cannot express (or, with the adapter, that its family cannot
+    grow as asked), before any compute."""
     d, t = plan.donor, plan.target
     if d.family != t.family:
         raise ConfigError(f"donor is {d.family}, target is {t.family}: growth keeps the architecture")
@@ -83,6 +84,9 @@ def check_plan(plan: GrowthPlan) -> None:
     if plan.depth_init == "identity" and plan.depth_coefficients == SHARED:
         raise ConfigError("depth_init=identity needs per_module depth coefficients: a new layer's residual "
                           "writers start at zero while its readers copy a donor layer")
+    problem = adapter.plan_problem(plan) if adapter is not None else None
+    if problem:
+        raise ConfigError(problem)
 
 
 def lossy_choices(plan: GrowthPlan) -> list[str]:
@@ -104,6 +108,14 @@ def norm_eps_scale(plan: GrowthPlan) -> float:
     mean square (RMSNorm) or variance (LayerNorm) is zero, so the statistic shrinks by D1/D2 and the
     eps must shrink with it for the norm to be exact."""
     return plan.donor.hidden / plan.target.hidden if plan.width_init == "lossless" else 1.0
+
+
+def qk_factor(plan: GrowthPlan, adapter: Adapter) -> float:
+    """What the q and k projections are multiplied by in a family with q/k norms (Qwen3, Gemma 3, OLMo2).
+    Those norms read the model's one rms_norm_eps, which lossless width shrinks by D1/D2 for the residual
+    norms; a norm is scale-invariant but for its eps, so q, k scaled by sqrt(D1/D2) meet the shrunk eps
+    exactly as the donor's q, k met the donor's: rsqrt(s² ms + s² eps) · s q = rsqrt(ms + eps) · q."""
+    return norm_eps_scale(plan) ** 0.5 if set(QK_NORMS) & set(adapter.layer_modules) else 1.0
 
 
 def grown_config(donor_config, plan: GrowthPlan, adapter: Adapter):
@@ -271,8 +283,9 @@ class LayerGenerator(nn.Module):
 
     def __init__(self, depth: dict[str, torch.Tensor], expansions: dict[str, Expansion],
                  residual: Expansion, donor: FrozenDonor, adapter: Adapter,
-                 depth_new: dict[str, torch.Tensor] | None = None):
+                 depth_new: dict[str, torch.Tensor] | None = None, module_factors: dict[str, float] | None = None):
         super().__init__()
+        self.module_factors = module_factors or {}  # constant factors on whole modules (qk_factor)
         self.depth = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in depth.items()})
         # bert2BERT-AKI: weights touching *new* units blend their own donor layers (the next ones)
         self.depth_new = None if depth_new is None else \
@@ -298,9 +311,9 @@ class LayerGenerator(nn.Module):
         if row_role == "head":
             return blended
         rows = self._expansion(row_role)
-        if kind == "weight":
+        if kind == "weight" and col_role is not None:
             return _expand_both(blended, rows, self._expansion(col_role))
-        return rows.rows(blended)
+        return rows.rows(blended)  # biases, and norm gains over all heads (copied with their heads)
 
     def _old_units(self, key: str, shape: torch.Size) -> torch.Tensor:
         """Mask of the entries that involve only the donor's own units (first copies)."""
@@ -320,7 +333,8 @@ class LayerGenerator(nn.Module):
             if self.depth_new is not None:
                 mask = self._old_units(key, value.shape)
                 value = torch.where(mask, value, self._generate(key, self.depth_new))
-            out[key] = value
+            factor = self.module_factors.get(key.split(".")[0])
+            out[key] = value if factor is None else value * factor
         return out
 
 
@@ -413,7 +427,7 @@ class GrowthOperator(nn.Module):
     def __init__(self, plan: GrowthPlan, adapter: Adapter, donor_globals: dict, donor_layers: list[dict],
                  init: OperatorInit | None = None):
         super().__init__()
-        check_plan(plan)
+        check_plan(plan, adapter)
         d, t = plan.donor, plan.target
         self.plan, self.adapter = plan, adapter
         init = operator_init(plan, adapter) if init is None else init
@@ -422,12 +436,15 @@ class GrowthOperator(nn.Module):
         self.globals = GlobalGenerator(donor_globals, self.residual, adapter, t.max_positions,
                                        adapter.embedding_factor(d.hidden, t.hidden))
         blocks = {"q_heads": d.head_dim, "k_heads": d.head_dim, "v_heads": d.head_dim, "ffn": 1}
+        factor = qk_factor(plan, adapter)
+        module_factors = {"q": factor, "k": factor} if factor != 1.0 else None
         # each generator owns its target layer's row of the depth matrices
         self.layers = nn.ModuleList(
             LayerGenerator({k: w[i] for k, w in init.depth.items()},
                            {role: Expansion(e, blocks[role]) for role, e in expansions.items()},
                            self.residual, self.donor, adapter,
-                           None if init.depth_new is None else {k: w[i] for k, w in init.depth_new.items()})
+                           None if init.depth_new is None else {k: w[i] for k, w in init.depth_new.items()},
+                           module_factors)
             for i, expansions in enumerate(init.layer_expansions))
 
     def fan_in(self, name: str) -> int:
