@@ -305,6 +305,11 @@ def test_other_families_grow_losslessly_through_the_stage(prepared, tmp_path, fa
     donor_loss = exported_val_loss(donor, root)
     assert exported_val_loss(tmp_path / "g" / "hf", root) == pytest.approx(donor_loss, rel=1e-5)
     assert report["val_loss_heuristic_init"] == pytest.approx(donor_loss, rel=1e-5)
+    if family == "gemma2":  # and the grown model trains on: the train stage from its export, ZeRO-3
+        train(tmp_path / "t", root, "train.deepspeed_config=zero3", f"train.init_from={tmp_path / 'g' / 'hf'}",
+              "model.size=null")
+        losses = [r["train/loss"] for r in read_metrics(tmp_path / "t") if "train/loss" in r]
+        assert len(losses) > 1 and all(math.isfinite(x) for x in losses)
 
 
 def assert_saved_operator_is_its_exact_init(run_dir, donor):
