@@ -121,7 +121,8 @@ def test_a_run_from_before_the_continued_schedule_is_not_resumed_under_it():
     current = load_config("tiny", ["train.init_from=x", "model.size=llama-micro"]).to_dict()
     old = load_config("tiny", ["train.init_from=x", "model.size=llama-micro"]).to_dict()
     del old["train"]["continued"]
-    assert breaking_changes(old, current, ()) == ["train.continued.enabled: False -> True"]
+    assert breaking_changes(old, current, ()) == ["train.continued.enabled: False -> True",
+                                                  "train.continued.lr_ratio: 0.1 -> 1.0"]  # tiny's own ratio
     scratch = load_config("tiny").to_dict()
     old_scratch = load_config("tiny").to_dict()
     del old_scratch["train"]["continued"]
@@ -132,10 +133,10 @@ def test_the_continued_settings_do_not_invalidate_a_random_init_run():
     """A benchmark that changes train.continued reuses its scratch runs (they never read it); a run from
     a pretrained start still names the change."""
     from pipeline.resume import breaking_changes
-    overrides = ["train.continued.lr_ratio=1", "train.init_optimizer=fresh"]
+    overrides = ["train.continued.lr_ratio=0.5", "train.init_optimizer=fresh"]
     scratch, changed = load_config("tiny").to_dict(), load_config("tiny", overrides).to_dict()
     assert breaking_changes(scratch, changed, ()) == []
     grown = load_config("tiny", ["train.init_from=x"]).to_dict()
     grown_changed = load_config("tiny", ["train.init_from=x", *overrides]).to_dict()
-    assert breaking_changes(grown, grown_changed, ()) == ["train.continued.lr_ratio: 0.1 -> 1.0",
+    assert breaking_changes(grown, grown_changed, ()) == ["train.continued.lr_ratio: 1.0 -> 0.5",
                                                           "train.init_optimizer: 'auto' -> 'fresh'"]

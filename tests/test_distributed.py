@@ -148,13 +148,13 @@ def test_init_from_hf_weights_is_not_a_resume(prepared, tmp_path):
     train(tmp_path / "source", root, *stage, "train.steps=4", "train.eval_interval=4")
     source_final = [r["val/loss"] for r in read_metrics(tmp_path / "source") if "val/loss" in r][-1]
     seeded_run = train(tmp_path / "seeded", root, *stage, f"train.init_from={tmp_path / 'source' / 'hf'}",
-                       "model.size=null", flags=["--until-step", "1"])
+                       "model.size=null", "train.continued.lr_ratio=0.1", flags=["--until-step", "1"])
     assert "AdamW starts from" in seeded_run.stdout
     assert yaml.safe_load((tmp_path / "seeded" / "config.yaml").read_text())["model"]["hidden"] == 128  # llama-nano's
     seeded = read_metrics(tmp_path / "seeded")
     assert seeded[0]["step"] == 0
     assert seeded[0]["val/loss"] == pytest.approx(source_final, rel=1e-5)
-    assert seeded[1]["train/lr"] == pytest.approx(2e-3 * 0.1)  # train.continued: lr_ratio 0.1, no warmup
+    assert seeded[1]["train/lr"] == pytest.approx(2e-3 * 0.1)  # train.continued: the lr_ratio, no warmup
 
 
 @pytest.fixture(scope="module")
