@@ -54,12 +54,13 @@ def test_shape_overrides():
     ("gemma-2-2b", 2614.3), ("gemma-2-9b", 9241.7),  # Gemma 2's: 2.61B, 9.24B
     ("gemma-3-270m", 268.1), ("gemma-3-1b", 999.9),  # Gemma 3's: 268M, 1B (262k vocab)
     ("olmo-2-1b", 1484.9), ("olmo-2-7b", 7298.6),  # OLMo 2's: 1.48B, 7.30B (100k vocab)
+    ("starcoder2-3b", 3030.4), ("starcoder2-7b", 7173.9),  # StarCoder2's: 3.03B, 7.17B (49k vocab)
     # Qwen's model cards: 0.49B / 1.54B / 0.6B / 1.7B in all (tied embeddings of 151,936 tokens)
     ("qwen2.5-0.5b", 494.0), ("qwen2.5-1.5b", 1543.7), ("qwen3-0.6b", 596.0), ("qwen3-1.7b", 1720.6),
 ])
 def test_published_shapes_have_published_parameter_counts(size, expected_millions):
     vocab = 262144 if size.startswith("gemma-3") else \
-        {"gpt2": 50257, "qwen": 151936, "phi-": 32064, "gemm": 256000, "olmo": 100352}.get(size[:4], 32000)
+        {"gpt2": 50257, "qwen": 151936, "phi-": 32064, "gemm": 256000, "olmo": 100352, "star": 49152}.get(size[:4], 32000)
     with torch.device("meta"):  # shapes only: no memory, no init
         model = AutoModelForCausalLM.from_config(hf_config(SIZES[size], vocab, TOKEN_IDS))
     millions = sum(p.numel() for p in model.parameters()) / 1e6

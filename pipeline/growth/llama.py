@@ -44,7 +44,8 @@ class LlamaAdapter(Adapter):
     def wire(self, model, wrap, global_weights):
         body = model.model
         body.embed_tokens = wrap(body.embed_tokens, global_weights(weight="embed"))
-        body.norm = wrap(body.norm, global_weights(weight="final_norm.weight"))
+        norm = {"weight": "final_norm.weight", "bias": "final_norm.bias"}  # a LayerNorm family's has a bias
+        body.norm = wrap(body.norm, global_weights(**{k: v for k, v in norm.items() if v in self.global_names}))
         # the rotary embedding holds buffers, not weights: give it real ones
         body.rotary_emb = type(body.rotary_emb)(config=model.config)
         model.lm_head = wrap(model.lm_head, global_weights(weight="embed" if self.tied_head else "head"))

@@ -9,7 +9,7 @@ import importlib
 from pipeline.errors import ConfigError
 from pipeline.models.family import Family
 
-FAMILY_MODULES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo2")
+FAMILY_MODULES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo2", "starcoder2")
 
 FAMILIES: dict[str, Family] = {}
 for _module in FAMILY_MODULES:

@@ -14,7 +14,7 @@ class Olmo2(Family):
     title = "OLMo 2"
     adapter = "pipeline.growth.olmo2:Olmo2Adapter"
     sizes = {
-        "olmo2-nano": _shape(2, 128, 4, 2, 352, 512),  # CPU tests
+        "olmo2-nano": _shape(2, 128, 4, 2, 352, 512, 48),  # CPU tests: heads x head size != width
         "olmo-2-1b": _shape(16, 2048, 16, 16, 8192, 4096),
         "olmo-2-7b": _shape(32, 4096, 32, 32, 11008, 4096),
     }
