@@ -477,6 +477,9 @@ def shape_from_checkpoints(config: Config) -> ModelConfig:
     for name, value in relative.items():
         if not RELATIVE_SHAPE.fullmatch(value):
             raise ConfigError(f"model.{name}={value!r}: give an integer or a factor of the donor's like 2x or 1.5x")
+        if name == "head_size":
+            raise ConfigError(f"model.head_size={value!r}: give an integer (heads grow whole, so a grown model keeps "
+                              f"the donor's head size: leave it unset)")
     if relative and not config.grow.donor:
         raise ConfigError(f"model.{', model.'.join(relative)} = {', '.join(relative.values())} is relative to the "
                           f"donor: set grow.donor (or give the size in numbers)")

@@ -176,6 +176,7 @@ def test_shapes_from_checkpoints(tmp_path):
     assert load_config("tiny", ["model.size=null"]).model.size == "llama-micro"  # nothing to take it from
     for overrides, message in [(["model.hidden=2x"], "relative to the donor: set grow.donor"),
                                ([f"grow.donor={llama}", "model.hidden=twice"], "like 2x or 1.5x"),
+                               ([f"grow.donor={llama}", "model.head_size=2x"], "keeps the donor's head size"),
                                (["model.hidden=1.5"], "an integer or a factor"),
                                (["model.layers=true"], "an integer or a factor"),
                                ([f"train.init_from={tmp_path}", "model.size=null"], "has no config.json")]:
