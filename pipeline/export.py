@@ -32,10 +32,10 @@ def export(run_dir: Path, tag: str | None = None, out_dir: Path | None = None) -
         raise ConfigError(f"no checkpoint {tag or 'latest'} in {checkpoints}: pass --run <run dir> (and --tag step<N> "
                           f"to pick one of {sorted(p.name for p in checkpoints.glob('step*'))})")
     progress = checkpoint.read_progress(checkpoints, tag)
-    if progress.get("stage") != "train":
-        raise ConfigError(f"{checkpoints / tag} is a {progress.get('stage')} checkpoint: its trainable parameters are a "
-                          f"growth operator, not a model; the grow stage writes its model to <run>/hf when it ends "
-                          f"(resume it with --resume auto)")
+    if progress.get("stage") == "grow":  # the train stage's and the prune rounds' ("prune <round>") hold the model
+        raise ConfigError(f"{checkpoints / tag} is a grow checkpoint: its trainable parameters are a growth operator, "
+                          f"not a model; the grow stage writes its model to <run>/hf when it ends (resume it with "
+                          f"--resume auto)")
     out_dir = out_dir or run_dir / "export" / tag
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir} exists and is not empty: choose another --out (nothing was overwritten)")

@@ -52,6 +52,13 @@ def test_exported_checkpoint_has_the_training_models_logits(prepared, tmp_path, 
     assert positions == [3 * 16, 6 * 16, 6 * 16]
     refused = export("--run", run_dir, "--tag", "step3", "--out", tmp_path / "step3")
     assert refused.returncode != 0 and "not empty" in refused.stderr
+    if ds_config == "zero0":  # a prune round's checkpoint holds the (masked) model too; a grow one does not
+        progress = run_dir / "checkpoints" / "step3" / "progress.json"
+        for stage, exported in (("prune round1-ticket", True), ("grow", False)):
+            progress.write_text(json.dumps({**json.loads(progress.read_text()), "stage": stage}))
+            done = export("--run", run_dir, "--tag", "step3", "--out", tmp_path / stage.replace(" ", "-"))
+            assert (done.returncode == 0) == exported, done.stderr[-2000:]
+        assert "is a grow checkpoint" in done.stderr
 
 
 def test_hf_files_are_written_as_they_come_in_bounded_shards(prepared, tmp_path):
