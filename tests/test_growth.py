@@ -383,3 +383,21 @@ def test_generation_flops_match_a_flop_counter(case, width):
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         dict(op.materialize())
     assert generation_flops(op.plan, op.adapter, VOCAB) == counter.get_total_flops()
+
+
+def test_eval_mode_reaches_the_generated_target():
+    """A donor whose config has dropout (Hub GPT-2: 0.1): the grown model evaluates without it (the
+    grow stage's validation, like the donor's own loss) and trains with it."""
+    torch.manual_seed(0)
+    config = hf_config(GPT2, VOCAB, TOKEN_IDS)
+    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.1
+    donor = build_model(config).eval()
+    op, target_config = grow(donor, SIZES["gpt2-micro"], depth="identity", width="lossless")
+    model = GrownModel(op, target_config)
+    ids = torch.randint(0, VOCAB, (2, 24))
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(ids).logits, model(ids).logits)
+        torch.testing.assert_close(model(ids).logits, donor(ids).logits, rtol=1e-5, atol=1e-5)
+        model.train()
+        assert not torch.equal(model(ids).logits, model(ids).logits)

@@ -71,6 +71,11 @@ class Generated(nn.Module):
         self.__dict__["weights"] = weights
         self.recompute = recompute
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.module.train(mode)  # a plain attribute: not reached by nn.Module.train
+        return self
+
     def forward(self, *args, **kwargs):
         if self.recompute == "activations":
             return checkpoint(self._generate_and_run, *args, use_reentrant=False, **kwargs)
@@ -114,6 +119,13 @@ class GrownModel(nn.Module):
         layers = op.adapter.wire(skeleton, wrap, global_weights)
         for i, generator in enumerate(op.layers):
             layers[i] = wrap(layers[i], _layer_weights(generator, op.adapter))
+
+    def train(self, mode: bool = True):
+        """The skeleton is not a submodule (its meta parameters must stay out of the engine), so train/eval
+        mode reaches it here: a donor config with dropout gets it in training and none in evaluation."""
+        super().train(mode)
+        self.skeleton.train(mode)
+        return self
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None):
         return self.skeleton(input_ids=input_ids, labels=labels, use_cache=False)
