@@ -192,8 +192,8 @@ class TrainConfig:
     preemption_grace_s: float = 120.0
     """After SIGTERM/SIGINT: stop after the current step, checkpoint, exit 0; give up after this long."""
     max_skipped_steps: int = 5
-    """A step whose loss is NaN/inf on any rank is skipped (no update); this many in a row stop the run
-    with a checkpoint of the last good weights (0: stop at the first)."""
+    """A step whose loss is NaN/inf on any rank is skipped (no update); up to this many in a row are
+    skipped, one more stops the run with a checkpoint of the last good weights (0: stop at the first)."""
     log_interval: int = 10
     """Console / TensorBoard / JSONL logging interval in steps."""
     throughput_warmup_steps: int = 2

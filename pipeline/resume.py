@@ -120,14 +120,22 @@ def _check_writable(run_dir: Path) -> None:
         raise ConfigError(f"run.dir={run_dir}: {existing} is not writable; choose another run.dir or fix permissions")
 
 
-def check_disk_space(run_dir: Path, checkpoint_bytes: int, keep: int, swap_bytes: int = 0) -> None:
-    """Refuse to start when the disk cannot hold the checkpoints the run will keep (+1 being written)
-    plus what an optimizer offloaded to NVMe/disk will still write into its swap files."""
-    needed = checkpoint_bytes * ((keep or 1) + 1) + swap_bytes
+def checkpoints_to_hold(keep: int, first_step: int, steps: int, interval: int) -> int:
+    """The most checkpoints of a run needing disk at once: the `keep` newest plus the one being written,
+    or, with keep_checkpoints=0 (keep all), every one still to be written (each interval and the end)."""
+    if keep:
+        return keep + 1
+    return max(1, steps // interval - first_step // interval + (1 if steps % interval else 0))
+
+
+def check_disk_space(run_dir: Path, checkpoint_bytes: int, checkpoints: int, swap_bytes: int = 0) -> None:
+    """Refuse to start when the disk cannot hold `checkpoints` checkpoints (checkpoints_to_hold) plus what
+    an optimizer offloaded to NVMe/disk will still write into its swap files."""
+    needed = checkpoint_bytes * checkpoints + swap_bytes
     free = shutil.disk_usage(run_dir).free
     if free < needed:
         swap = f" and {swap_bytes / 1e9:.2f} GB of optimizer swap files" if swap_bytes else ""
-        raise ConfigError(f"{run_dir} has {free / 1e9:.2f} GB free; {(keep or 1) + 1} checkpoints of ~"
+        raise ConfigError(f"{run_dir} has {free / 1e9:.2f} GB free; {checkpoints} checkpoints of ~"
                           f"{checkpoint_bytes / 1e9:.2f} GB{swap} need {needed / 1e9:.2f} GB: free space, lower "
                           f"train.keep_checkpoints, or choose a run.dir on a larger disk")
 

@@ -41,7 +41,7 @@ from pipeline.metrics import MetricsLogger
 from pipeline.optimizer_state import SavedState, install_saved_state, read_saved_state
 from pipeline.preemption import StopRequest
 from pipeline.preflight import agreed_value, all_ranks_agree
-from pipeline.resume import check_disk_space, check_launch, prepare_run_dir
+from pipeline.resume import check_disk_space, check_launch, checkpoints_to_hold, prepare_run_dir
 from pipeline.throughput import ThroughputMeter
 from pipeline.models.hf import build_model, checkpoint_config, hf_config, shape_of, special_token_ids
 from pipeline.models.sizes import resolve_shape
@@ -226,7 +226,8 @@ class Trainer:
             if self.rank == 0:
                 swap = (optimizer_swap_bytes_to_come(self.engine, self.run_dir / "nvme")
                         if swaps_optimizer_to_disk(ds) else 0)
-                check_disk_space(self.run_dir, checkpoint_bytes(self.engine), t.keep_checkpoints, swap)
+                held = checkpoints_to_hold(t.keep_checkpoints, first_step, t.steps, t.checkpoint_interval)
+                check_disk_space(self.run_dir, checkpoint_bytes(self.engine), held, swap)
         self.tokens_per_step = self.engine.train_batch_size() * self.train_samples.seq_len
         if self.rank == 0:
             for line in repetition_report(self.train_samples.meta, t.steps * self.engine.train_batch_size()):

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from pipeline.config import ConfigError
-from pipeline.resume import check_disk_space
+from pipeline.resume import check_disk_space, checkpoints_to_hold
 
 RUN = ["model.size=llama-nano", "train.steps=2", "train.warmup_steps=1", "train.eval_batches=1",
        "train.checkpoint_interval=1", "train.keep_checkpoints=0", "train.save_hf=false"]
@@ -116,8 +116,16 @@ def test_missing_data(case, tmp_path):
 
 def test_disk_space_shortfall(tmp_path):
     with pytest.raises(ConfigError, match="GB free; 4 checkpoints of"):
-        check_disk_space(tmp_path, checkpoint_bytes=10 ** 18, keep=3)
+        check_disk_space(tmp_path, checkpoint_bytes=10 ** 18, checkpoints=4)
     free = shutil.disk_usage(tmp_path).free
-    check_disk_space(tmp_path, checkpoint_bytes=free // 8, keep=3)  # 4 checkpoints fit
+    check_disk_space(tmp_path, checkpoint_bytes=free // 8, checkpoints=4)  # 4 checkpoints fit
     with pytest.raises(ConfigError, match="GB of optimizer swap files need"):
-        check_disk_space(tmp_path, checkpoint_bytes=free // 8, keep=3, swap_bytes=free)
+        check_disk_space(tmp_path, checkpoint_bytes=free // 8, checkpoints=4, swap_bytes=free)
+
+
+def test_keeping_every_checkpoint_budgets_every_checkpoint():
+    """keep_checkpoints=0 keeps all: the disk must hold every checkpoint still to come, not 2."""
+    assert checkpoints_to_hold(keep=3, first_step=0, steps=1000, interval=100) == 4  # 3 kept + 1 being written
+    assert checkpoints_to_hold(keep=0, first_step=0, steps=1000, interval=100) == 10
+    assert checkpoints_to_hold(keep=0, first_step=0, steps=1050, interval=100) == 11  # and the final one
+    assert checkpoints_to_hold(keep=0, first_step=400, steps=1000, interval=100) == 6  # resumed at 400
