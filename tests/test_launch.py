@@ -111,7 +111,8 @@ def test_slurm_job_starts_one_launcher_per_node_with_its_rank(repo):
 
 def test_installed_versions_are_the_locked_ones():
     """launch/setup.sh installs launch/constraints.txt: what the tests run with is what the lock says
-    (torch aside: GPU machines choose their build with TORCH_SPEC)."""
+    (torch aside: GPU machines choose their build with TORCH_SPEC), and every locked package is installed
+    (a lock written from an environment with extra packages would not be what setup.sh gives)."""
     from importlib.metadata import PackageNotFoundError, version
     locked = [line.split("==") for line in (ROOT / "launch" / "constraints.txt").read_text().splitlines()
               if line and not line.startswith("#")]
@@ -123,7 +124,7 @@ def test_installed_versions_are_the_locked_ones():
         try:
             have = version(name)
         except PackageNotFoundError:
-            continue
+            have = "not installed"
         if have != want:
             mismatched.append(f"{name} {have} (locked {want})")
     assert not mismatched, f"installed versions differ from launch/constraints.txt: {mismatched}"
