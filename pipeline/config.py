@@ -130,14 +130,14 @@ class ModelConfig:
 class ContinuedConfig:
     """The schedule of a run that starts from pretrained weights (train.init_from: a donor, a grown
     model). The recipe's lr and warmup are tuned for a random init; re-warming a trained model to that
-    peak with a fresh AdamW undoes part of what it knows (README, "Continued pretraining after growth")."""
+    peak with a fresh AdamW undoes part of what it knows (docs/benchmarks.md, "Continued pretraining after growth")."""
     enabled: bool = True
     """Use the settings below when train.init_from is set (false: the recipe's lr, warmup_steps and
     moment_warmup_steps, as a random init uses them)."""
     lr_ratio: float = 0.1
     """Peak LR as a fraction of train.lr. 0.1 is where a run of the same recipe ended (its default
     min_lr_ratio): a trained model continued above the LR it was annealed to climbs before it improves
-    (measured: README, "Continued pretraining after growth")."""
+    (measured: docs/benchmarks.md, "Continued pretraining after growth")."""
     warmup_steps: int = 0
     """Linear warmup to the peak after the moment warm-up."""
     moment_warmup_steps: int = 10

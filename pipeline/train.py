@@ -7,7 +7,7 @@
     # start from given weights (a donor or a grown model), fresh optimizer and step
     deepspeed --num_gpus 2 --master_port 29512 --module pipeline.train --config tiny \\
         train.init_from=runs/tiny/grow/hf run.dir=runs/tiny/grown
-    # multi-node: launch/run.sh (hostfile, one command per node) or launch/slurm.sbatch; README "Launching on GPUs and multiple nodes"
+    # multi-node: launch/run.sh (hostfile, one command per node) or launch/slurm.sbatch; docs/launching.md
 
 Rank 0 writes <run>/config.yaml, TensorBoard events in <run>/tb, <run>/metrics.jsonl, and at the
 end the final weights as a Hugging Face model in <run>/hf.

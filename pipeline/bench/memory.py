@@ -5,7 +5,7 @@
         model.size=llama-125m model.layers=32 model.hidden=960 model.heads=15 model.kv_heads=5 model.ffn=2560 \\
         model.max_positions=512 train.micro_batch_size=2 --donor llama-135m:max_positions=512 \\
         data.seq_len=256 data.vocab_size=49152 data.tokenizer=stdlib-49k data.output_dir=data/stdlib-49k-256
-        # the 360M-class target of issue 12 (README "Memory per rank": prepare that data first)
+        # the 360M-class target of issue 12 (docs/benchmarks.md, "Memory per rank": prepare that data first)
 
 Each (stage, ranks) runs the real stage through the `deepspeed` launcher for --steps steps in a fresh
 run dir (its final checkpoint and HF export included: they are part of a stage's peak), from a
