@@ -183,7 +183,8 @@ def test_shared_depth_coefficients_start_the_same_and_train_as_one(width):
     d, t = LLAMA, SIZES["llama-micro"]
     per_module, _ = grow(make_donor(d), t, width=width)
     shared, _ = grow(make_donor(d), t, width=width, depth_coefficients="shared")
-    count = lambda op: sum(p.numel() for p in op.parameters() if p.requires_grad)
+    def count(op):
+        return sum(p.numel() for p in op.parameters() if p.requires_grad)
     copies = 2 if width == "aki" else 1  # AKI blends new units from their own (next-layer) coefficients
     assert count(per_module) - count(shared) == copies * (9 - 1) * t.layers * d.layers  # 9 module types -> 1
     a, b = dict(per_module.materialize()), dict(shared.materialize())
