@@ -2,8 +2,8 @@
 # Launch any stage (train, grow, prune, ...: the module pipeline.<stage>) with the `deepspeed` launcher,
 # on this node, on many nodes over ssh, or as one command per node without ssh.
 #   bash launch/run.sh train --config tiny run.dir=runs/exp1                   # all local devices
-#   NUM_GPUS=8 bash launch/run.sh grow --config my_recipe grow.donor=... --resume auto
-#   HOSTFILE=hosts MASTER_ADDR=node1 bash launch/run.sh train --config my_recipe   # from node1, pdsh/ssh to all
+#   NUM_GPUS=8 bash launch/run.sh grow --config billion-gpu grow.donor=... --resume auto
+#   HOSTFILE=hosts MASTER_ADDR=node1 bash launch/run.sh train --config billion-gpu   # from node1, pdsh/ssh to all
 #   HOSTFILE=hosts MASTER_ADDR=node1 NODE_RANK=1 bash launch/run.sh train ...      # on each node, no ssh
 #   DRY_RUN=1 bash launch/run.sh ...                       # print what would be written and run, run nothing
 # A hostfile has one line per node ("node1 slots=8"); every node sees the same repo path, .venv, data
