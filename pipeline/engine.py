@@ -21,6 +21,7 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.ops.adam import DeepSpeedCPUAdam
 from transformers.integrations import HfDeepSpeedConfig
 
+from pipeline.build_locks import clear_stale_build_locks
 from pipeline.config import TrainConfig, check_batch_triad, load_deepspeed_json
 from pipeline.errors import ConfigError
 from pipeline.flops import layer_matmul_parameters
@@ -38,6 +39,7 @@ def init_distributed() -> tuple[int, int]:
                           MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     accelerator = get_accelerator()
     accelerator.set_device(int(os.environ["LOCAL_RANK"]))  # before any collective: NCCL works on it
+    clear_stale_build_locks(remove=os.environ["LOCAL_RANK"] == "0")  # the process group builds an op
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
     dist.barrier()  # every rank has now mapped every other rank's shared-memory segment
     _unlink_shm_segment(dist.get_rank())

@@ -9,6 +9,7 @@ import pytest
 from pipeline.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test never reaches the network (test_hub opts back in)
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
 
