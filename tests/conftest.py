@@ -13,6 +13,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test never reaches the network
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 
 
+def pytest_collection_modifyitems(items):
+    """Test tiers: `integration` = prepares data, launches ranks or starts any process; the rest is
+    the unit tier (`pytest -m "not integration"`), which `no_processes_in_unit_tests` holds to that."""
+    for item in items:
+        if "prepared" in item.fixturenames or item.get_closest_marker("distributed"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def no_processes_in_unit_tests(request, monkeypatch):
+    if request.node.get_closest_marker("integration") is None:
+        def refuse(*args, **kwargs):
+            raise AssertionError("a unit test started a process: mark it pytest.mark.integration")
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -124,6 +124,7 @@ def run_bench(out, prepared_root, extra=()):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.integration
 def test_bench_refuses_missing_data_before_training(tmp_path):
     proc = run_bench(tmp_path / "bench", tmp_path / "nothing-prepared")
     assert proc.returncode != 0 and "no prepared data" in proc.stderr and "pipeline.prepare" in proc.stderr

@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from conftest import ROOT
 from pipeline.build_locks import clear_stale_build_locks, extension_build_root
 
@@ -26,6 +28,7 @@ def test_a_lock_left_by_a_killed_build_is_removed(tmp_path, capsys):
     assert not lock.exists() and "left 60 min ago" in capsys.readouterr().out
 
 
+@pytest.mark.integration
 def test_a_lock_its_build_holds_open_is_kept(tmp_path):
     lock = lock_file(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", f"f = open({str(lock)!r}); print('open', flush=True); "
@@ -55,6 +58,7 @@ def test_other_local_ranks_only_wait_for_local_rank_0(tmp_path):
     assert time.monotonic() - start >= 0.4 and not lock.exists()
 
 
+@pytest.mark.integration
 def test_the_process_group_starts_despite_a_stale_lock(tmp_path):
     """The real init: DeepSpeed's CPU allreduce op is loaded from a build dir holding a stale lock
     (a copy of the op's build when there is one, so that nothing is compiled)."""

@@ -118,6 +118,7 @@ def test_resume_ignores_what_a_stage_does_not_read_and_where_the_run_lives():
         ["data.sources"]  # how .txt files divide shows in the data's key, which resume checks instead
 
 
+@pytest.mark.integration
 def test_loading_a_config_imports_no_model_code():
     """config.py is a leaf: validating names and shapes must not pull in torch or transformers."""
     import subprocess

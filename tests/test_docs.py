@@ -1,4 +1,4 @@
-"""The commands in README.md and docs/*.md stay true: every shell block's pipeline modules, benchmarks,
+"""The commands in README.md, docs/*.md, benchmarks/*.md and launch/*.sh stay true: every shell block's pipeline modules, benchmarks,
 recipes, launch scripts and dotted config keys exist (parsed and checked, not run), and every recipe
 loads."""
 
@@ -13,7 +13,8 @@ from conftest import ROOT
 from pipeline.config import Config, load_config, recipe_names
 from pipeline.resume import flatten
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "benchmarks").glob("*.md"))]
+SCRIPTS = sorted((ROOT / "launch").glob("*.sh"))
 CONFIG_KEYS = set(flatten(Config().to_dict()))
 BENCHMARKS = {p.stem for p in (ROOT / "pipeline" / "bench").glob("*.py") if not p.stem.startswith("_")}
 OVERRIDE = re.compile(r"(?:--)?([a-z_]+\.[a-z_.]+)(?:=|$)")  # model.size=..., --train.lr 6e-4
@@ -35,7 +36,7 @@ def problems(command: str) -> list[str]:
     found = []
     for i, word in enumerate(words):
         following = words[i + 1] if i + 1 < len(words) else ""
-        if word in ("-m", "--module") and following.startswith("pipeline"):
+        if word in ("-m", "--module") and following.startswith("pipeline") and "$" not in following:
             if importlib.util.find_spec(following) is None:
                 found.append(f"no module {following}")
             if following == "pipeline.bench" and words[i + 2] not in BENCHMARKS:
@@ -54,10 +55,19 @@ def problems(command: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_every_command_names_what_exists(page):
     commands = shell_commands(page)
-    assert page.name != "README.md" or len(commands) >= 5  # the parser finds the README's commands
+    assert page != ROOT / "README.md" or len(commands) >= 5  # the parser finds the README's commands
+    bad = {command: found for command in commands if (found := problems(command))}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
+def test_every_launch_script_names_what_exists(script):
+    lines = [line.split(" #")[0].strip() for line in script.read_text().replace("\\\n", " ").splitlines()]
+    commands = [line for line in lines if "pipeline." in line and not line.startswith("#")]
+    assert script.name != "quickstart.sh" or len(commands) >= 5  # the parser finds the stages
     bad = {command: found for command in commands if (found := problems(command))}
     assert not bad, bad
 

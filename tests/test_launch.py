@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.integration  # every test runs the launch scripts
+
 
 @pytest.fixture
 def repo(tmp_path):

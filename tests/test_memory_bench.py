@@ -81,6 +81,7 @@ print(resident() - before)
 """
 
 
+@pytest.mark.integration
 def test_freed_tensors_go_back_to_the_os():
     """Every stage calls return_freed_tensors_to_the_os at start (init_distributed): 40 freed blocks of
     8 MB that were made among small long-lived tensors leave the process. Without it glibc keeps them
