@@ -21,7 +21,8 @@ class Llama(Family):
         "llama-nano-3x192": _shape(3, 192, 6, 3, 528, 512),
         # Published shapes.
         "llama-125m": _shape(12, 768, 12, 4, 2048, 2048),
-        "llama-135m": _shape(30, 576, 9, 3, 1536, 2048),
+        "llama-135m": _shape(30, 576, 9, 3, 1536, 2048),  # SmolLM-135M's shape
+        "llama-360m": _shape(32, 960, 15, 5, 2560, 2048),  # SmolLM-360M's shape
         "tinyllama-1.1b": _shape(22, 2048, 32, 4, 5632, 2048),
     }
 

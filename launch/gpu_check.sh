@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The first numbers from a GPU machine, with no network, in under ~10 minutes on one GPU:
+#   1. the tiny pipeline on the GPU: prepare -> donor (llama-nano) -> LiGO grow -> train the grown llama-micro
+#   2. a 360M-class growth: a llama-135m donor (SmolLM-135M's shape; its weights from 1 training step:
+#      this measures the path and its speed, not quality) grown with LiGO into llama-360m (SmolLM-360M's:
+#      32 x 960, 15/5 heads) for 10 operator steps, then 30 training steps of 8 x 2048 tokens per GPU,
+#      both under ZeRO-3 bf16 (NCCL)
+#   and prints, per stage, tokens/s, MFU (against the GPU's datasheet bf16 peak) and peak memory per rank.
+#   bash launch/gpu_check.sh                 (NUM_GPUS=1 by default; outputs in runs/gpu-check/)
+#   WHEELS=dir bash launch/gpu_check.sh      (offline: first installs the pipeline's dependencies from the
+#                                             wheels in dir, made elsewhere with `pip download -d dir deepspeed
+#                                             datasets sentencepiece tensorboard accelerate huggingface_hub setuptools wheel`)
+# Uses the python of .venv when there is one, else python3 (with torch and transformers installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+if [ -n "${WHEELS:-}" ]; then
+  "$PY" -m pip install -q --no-index --find-links "$WHEELS" deepspeed datasets sentencepiece tensorboard accelerate \
+      huggingface_hub
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1
+LAUNCH="$PY -m deepspeed.launcher.runner --num_gpus ${NUM_GPUS:-1} --master_port ${MASTER_PORT:-29521}"
+RUNS=runs/gpu-check
+BF16=train.deepspeed_config=zero3_bf16
+
+# 1. the tiny pipeline
+"$PY" -m pipeline.prepare --config tiny
+$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=$RUNS/tiny-donor model.size=llama-nano \
+    train.steps=300 $BF16
+$LAUNCH --module pipeline.grow --config tiny --resume auto run.dir=$RUNS/tiny-grow grow.donor=$RUNS/tiny-donor/hf $BF16
+$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=$RUNS/tiny-grown train.init_from=$RUNS/tiny-grow/hf \
+    model.size=null $BF16
+
+# 2. 360M-class, 2048-token samples (the billion-gpu recipe's data)
+"$PY" -m pipeline.prepare --config billion-gpu
+BATCH="train.micro_batch_size=8 train.grad_accum_steps=1 train.warmup_steps=5"
+$LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/donor-135m model.size=llama-135m \
+    $BF16 $BATCH train.steps=1 train.eval_interval=1 train.checkpoint_interval=1
+$LAUNCH --module pipeline.grow --config billion-gpu --resume auto run.dir=$RUNS/grow-360m grow.donor=$RUNS/donor-135m/hf \
+    model.size=llama-360m $BF16 $BATCH grow.steps=10
+$LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/train-360m \
+    train.init_from=$RUNS/grow-360m/hf model.size=null $BF16 $BATCH train.steps=30 train.eval_interval=30 \
+    train.checkpoint_interval=30
+
+"$PY" - <<'PY'
+from pipeline.metrics import read_metrics
+for run in ("tiny-donor", "tiny-grow", "tiny-grown", "donor-135m", "grow-360m", "train-360m"):
+    records = read_metrics(f"runs/gpu-check/{run}")
+    perf = [r for r in records if "perf/tokens_per_s" in r]
+    val = [round(r["val/loss"], 3) for r in records if "val/loss" in r]
+    peak = max((r.get("perf/peak_memory_gb", 0) for r in records), default=0)
+    speed = (f"{perf[-1]['perf/tokens_per_s']:.0f} tokens/s, MFU {perf[-1]['perf/mfu']:.1%}" if perf
+             else "too few steps for throughput")
+    print(f"[gpu-check] {run}: {speed}, peak memory per rank {peak:.2f} GB, validation loss {val}")
+PY
