@@ -379,17 +379,18 @@ def _register_shared_parameters(model: torch.nn.Module) -> None:
 
 
 
-def all_reduce_mean(values: list[float]) -> list[float]:
-    """Mean over ranks of a few scalars, in one collective."""
+def all_reduce_mean(values: list[float | torch.Tensor]) -> list[float]:
+    """Mean over ranks of a few scalars (host numbers or 0-d device tensors), in one collective."""
     return [v / dist.get_world_size() for v in _all_reduce(values, dist.ReduceOp.SUM)]
 
 
-def all_reduce_max(values: list[float]) -> list[float]:
+def all_reduce_max(values: list[float | torch.Tensor]) -> list[float]:
     return _all_reduce(values, dist.ReduceOp.MAX)
 
 
-def _all_reduce(values: list[float], op) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=get_accelerator().current_device_name())
+def _all_reduce(values: list[float | torch.Tensor], op) -> list[float]:
+    device = get_accelerator().current_device_name()
+    tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
     dist.all_reduce(tensor, op=op)
     return tensor.tolist()
 

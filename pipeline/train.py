@@ -16,7 +16,6 @@ end the final weights as a Hugging Face model in <run>/hf.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import sys
 import time
@@ -273,32 +272,43 @@ class Trainer:
 
     def train_step(self, step: int) -> StepResult:
         """One optimizer step. Before the update, one collective shares the loss, whether any rank saw a
-        non-finite loss (then no rank updates) and whether any rank was asked to stop."""
-        losses, data_seconds = [], 0.0
+        non-finite loss (then no rank updates) and whether any rank was asked to stop: the step's one
+        wait of the host for the device (the losses add up on the device, as float64 in micro-step
+        order: the same sum as of their host values)."""
+        loss_sum, data_seconds = torch.zeros((), dtype=torch.float64, device=self.engine.device), 0.0
         accum = self.schedule.grad_accum_steps
         for micro_step in range(accum):
             fetch_start = time.perf_counter()
-            input_ids = self.batches.batch(step, micro_step).to(self.engine.device)
+            input_ids = self.on_device(self.batches.batch(step, micro_step))
             data_seconds += time.perf_counter() - fetch_start
             loss = self.engine(input_ids=input_ids, labels=input_ids).loss
             self.engine.backward(loss)
-            losses.append(loss.item())
+            loss_sum += loss.detach()
             if micro_step == accum - 1:
-                local_loss = sum(losses) / accum
+                local_loss = loss_sum / accum
                 mean_loss, nonfinite, stop = all_reduce_mean(
-                    [local_loss, float(not math.isfinite(local_loss)), float(self.stop.requested)])
+                    [local_loss, (~torch.isfinite(local_loss)).double(), float(self.stop.requested)])
                 skip_next_update(self.engine, nonfinite > 0)
                 self.stage.before_update(self.engine)
             self.engine.step()  # DeepSpeed applies the update only at the accumulation boundary
         return StepResult(mean_loss, nonfinite > 0, stop > 0, data_seconds)
 
+    def on_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A host batch on the engine's device; to an accelerator from pinned memory, asynchronously (the
+        host goes on to the forward while it copies)."""
+        if self.engine.device.type == "cpu":
+            return batch
+        return batch.pin_memory().to(self.engine.device, non_blocking=True)
+
     @torch.no_grad()
     def validate(self) -> float:
         self.engine.eval()
-        losses = [self.engine(input_ids=b.to(self.engine.device), labels=b.to(self.engine.device)).loss.item()
-                  for b in self.val_batches]
+        total = torch.zeros((), dtype=torch.float64, device=self.engine.device)
+        for batch in self.val_batches:
+            input_ids = self.on_device(batch)
+            total += self.engine(input_ids=input_ids, labels=input_ids).loss.detach()
         self.engine.train()
-        return all_reduce_mean([sum(losses) / len(losses)])[0]
+        return all_reduce_mean([total / len(self.val_batches)])[0]
 
     def fit(self) -> None:
         t = self.schedule
@@ -319,10 +329,10 @@ class Trainer:
             self.skipped_in_a_row = self.skipped_in_a_row + 1 if result.skipped else 0
             if result.skipped:
                 scalars["train/skipped_steps_in_a_row"] = self.skipped_in_a_row
-            grad_norm = self.engine.get_global_grad_norm()
-            if grad_norm is not None:
-                scalars["train/grad_norm"] = float(grad_norm)
-            if step % t.log_interval == 0 or step == t.steps:
+            if step % t.log_interval == 0 or step == t.steps:  # read back only here: each read waits for the device
+                grad_norm = self.engine.get_global_grad_norm()
+                if grad_norm is not None:
+                    scalars["train/grad_norm"] = float(grad_norm)
                 scalars.update(self.meter.window())
                 scalars["perf/peak_memory_gb"] = all_reduce_max([peak_memory_gb()])[0]
             if step % t.eval_interval == 0 or step == t.steps:
