@@ -33,7 +33,6 @@ from pipeline.throughput import datasheet_tflops, measured_matmul_tflops
 def init_distributed() -> tuple[int, int]:
     """Join the process group the `deepspeed` launcher set up, or a 1-rank group for plain `python`,
     and run the pre-flight check (pipeline/preflight.py)."""
-    return_freed_tensors_to_the_os()
     if "RANK" not in os.environ:  # not launched: without these DeepSpeed would try MPI discovery
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
@@ -59,9 +58,12 @@ def return_freed_tensors_to_the_os(threshold: int = 1 << 20) -> None:
     long-lived tensors stay resident. Measured on the 318M-parameter ZeRO-3 fp32 train stage (2 CPU
     ranks, `pipeline.bench memory`): 7.13 GB peak per rank by default, 4.86 GB with 1 MiB, 5.4 GB
     with 4 MiB. The price is paid where tensors live in host memory (CPU training): fresh pages for
-    every large allocation made steps ~20% slower there (15.8 s against 12.8 s). To trade memory back
-    for speed set MALLOC_MMAP_THRESHOLD_ (bytes; or GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...) in
-    the environment: it is then left as it is. Other C libraries than glibc are left alone."""
+    every large allocation made steps ~20% slower there (15.8 s against 12.8 s), and at the tiny
+    recipe's size (ZeRO-2, 1 rank) 1.45x slower (`pipeline.bench train_overhead`: 0.55 of a plain loop's
+    tokens/s, 0.80 without it). So the stages call it under ZeRO-3 only, whose gathered parameters
+    are what churns the heap. To trade memory back for speed set MALLOC_MMAP_THRESHOLD_ (bytes; or
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...) in the environment: it is then left as it is. Other
+    C libraries than glibc are left alone."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return
     try:

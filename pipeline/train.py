@@ -34,8 +34,8 @@ from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
                              end_stage_process, init_distributed, model_construction, offloads_optimizer,
                              optimizer_swap_bytes_to_come, peak_memory_gb, param_group_decays, peak_tflops_per_rank,
-                             restore_param_group_settings, skip_next_update, swaps_optimizer_to_disk, training_dtype,
-                             zero_stage)
+                             restore_param_group_settings, return_freed_tensors_to_the_os, skip_next_update,
+                             swaps_optimizer_to_disk, training_dtype, zero_stage)
 from pipeline.metrics import MetricsLogger
 from pipeline.optimizer_state import SavedState, install_saved_state, read_saved_state
 from pipeline.preemption import StopRequest
@@ -167,6 +167,8 @@ class Trainer:
             self.stage.setup(config)
             # raises on a bad batch triad before any work; NVMe offload (if any) swaps into <run>/nvme
             ds = deepspeed_config(t, self.world_size, resolve_shape(config.model), self.run_dir / "nvme")
+            if zero_stage(ds) == 3:
+                return_freed_tensors_to_the_os()  # before the model: ZeRO-3's gathers churn the heap
             saved = self.stage.saved_optimizer(config)
             self.offloaded_optimizer = offloads_optimizer(ds)
             if saved is not None and self.offloaded_optimizer:
