@@ -34,13 +34,13 @@ $LAUNCH --module pipeline.train --config tiny --resume auto run.dir=$RUNS/tiny-g
 
 # 2. 360M-class, 2048-token samples (the billion-gpu recipe's data)
 "$PY" -m pipeline.prepare --config billion-gpu
-BATCH="train.micro_batch_size=8 train.grad_accum_steps=1 train.warmup_steps=5"
+BATCH="train.micro_batch_size=8 train.grad_accum_steps=1"
 $LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/donor-135m model.size=llama-135m \
-    $BF16 $BATCH train.steps=1 train.eval_interval=1 train.checkpoint_interval=1
+    $BF16 $BATCH train.steps=1 train.warmup_steps=0 train.eval_interval=1 train.checkpoint_interval=1
 $LAUNCH --module pipeline.grow --config billion-gpu --resume auto run.dir=$RUNS/grow-360m grow.donor=$RUNS/donor-135m/hf \
     model.size=llama-360m $BF16 $BATCH grow.steps=10
 $LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/train-360m \
-    train.init_from=$RUNS/grow-360m/hf model.size=null $BF16 $BATCH train.steps=30 train.eval_interval=30 \
+    train.init_from=$RUNS/grow-360m/hf model.size=null $BF16 $BATCH train.steps=30 train.warmup_steps=5 train.eval_interval=30 \
     train.checkpoint_interval=30
 
 "$PY" - <<'PY'

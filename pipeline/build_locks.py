@@ -58,7 +58,10 @@ def clear_stale_build_locks(remove: bool, root: Path | None = None, stale_after_
     removed, announced = [], set()
     while True:
         locks = [lock for lock in build_locks(root) if lock not in removed]
-        unheld = [lock for lock in locks if lock not in held_open(locks)]
+        if not locks:  # the usual case: no /proc scan
+            return removed
+        held = held_open(locks)
+        unheld = [lock for lock in locks if lock not in held]
         waiting = []
         for lock in unheld:
             try:
