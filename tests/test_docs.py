@@ -20,15 +20,20 @@ BENCHMARKS = {p.stem for p in (ROOT / "pipeline" / "bench").glob("*.py") if not 
 OVERRIDE = re.compile(r"(?:--)?([a-z_]+\.[a-z_.]+)(?:=|$)")  # model.size=..., --train.lr 6e-4
 
 
-def shell_commands(page: Path) -> list[str]:
-    """Each command of each ```bash block, continuation lines joined and `&&` chains split."""
+def commands_in(shell: str) -> list[str]:
+    """Each command of a shell text, continuation lines joined, comments dropped, `&&` chains split."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #")[0].strip()
-            if line and not line.startswith("#"):
-                commands += [part.strip() for part in line.split("&&")]
+    for line in shell.replace("\\\n", " ").splitlines():
+        line = line.split(" #")[0].strip()
+        if line and not line.startswith("#"):
+            commands += [part.strip() for part in line.split("&&")]
     return commands
+
+
+def shell_commands(page: Path) -> list[str]:
+    """Each command of each ```bash block of a page."""
+    return [command for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)
+            for command in commands_in(block)]
 
 
 def problems(command: str) -> list[str]:
@@ -59,17 +64,19 @@ def problems(command: str) -> list[str]:
 def test_every_command_names_what_exists(page):
     commands = shell_commands(page)
     assert page != ROOT / "README.md" or len(commands) >= 5  # the parser finds the README's commands
+    assert_commands_exist(commands)
+
+
+def assert_commands_exist(commands: list[str]) -> None:
     bad = {command: found for command in commands if (found := problems(command))}
     assert not bad, bad
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
 def test_every_launch_script_names_what_exists(script):
-    lines = [line.split(" #")[0].strip() for line in script.read_text().replace("\\\n", " ").splitlines()]
-    commands = [line for line in lines if "pipeline." in line and not line.startswith("#")]
+    commands = [command for command in commands_in(script.read_text()) if "pipeline." in command]
     assert script.name != "quickstart.sh" or len(commands) >= 5  # the parser finds the stages
-    bad = {command: found for command in commands if (found := problems(command))}
-    assert not bad, bad
+    assert_commands_exist(commands)
 
 
 def test_the_checker_catches_what_it_checks():
