@@ -14,27 +14,39 @@ export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} OMP_NUM_THREADS=${OMP_NUM_THREADS:-
 LAUNCH="deepspeed --num_gpus ${NUM_GPUS:-2} --master_port ${MASTER_PORT:-29517}"
 source .venv/bin/activate
 
+# downstream tasks made from the validation split, evaluated at each run's start and end (pipeline/downstream.py)
+EVAL="eval.tasks=corpus_choice,corpus_next eval.interval=100000"
 python -m pipeline.prepare --config tiny
-$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=runs/tiny/donor model.size=llama-nano train.steps=300
-$LAUNCH --module pipeline.grow --config tiny --resume auto run.dir=runs/tiny/grow grow.donor=runs/tiny/donor/hf
+$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=runs/tiny/donor model.size=llama-nano train.steps=300 $EVAL
+$LAUNCH --module pipeline.grow --config tiny --resume auto run.dir=runs/tiny/grow grow.donor=runs/tiny/donor/hf $EVAL
 $LAUNCH --module pipeline.prune --config tiny --resume auto run.dir=runs/tiny/prune train.init_from=runs/tiny/grow/hf \
-    prune.rewind_step=0 prune.sparsities=0.5 prune.controls=random_prune
-$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=runs/tiny/scratch
+    prune.rewind_step=0 prune.sparsities=0.5 prune.controls=random_prune $EVAL
+$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=runs/tiny/scratch $EVAL
 python - <<'PY'
 import json
 from pipeline.metrics import read_metrics
-def val(run):
-    return [(r["step"], r["val/loss"]) for r in read_metrics(f"runs/tiny/{run}") if "val/loss" in r]
+def last(run, prefix):
+    """The run's last record with scalars under prefix: {name: value}."""
+    records = [r for r in read_metrics(f"runs/tiny/{run}") if any(k.startswith(prefix) for k in r)] or [{"step": 0}]
+    return records[-1]["step"], {k: v for k, v in records[-1].items() if k.startswith(prefix)}
 grow = json.load(open("runs/tiny/grow/report.json"))
-print(f"[quickstart] donor llama-nano: validation loss {val('donor')[0][1]:.3f} -> {val('donor')[-1][1]:.3f}")
-plan = grow["plan"]
-print(f"[quickstart] llama-micro at step 0: scratch {val('scratch')[0][1]:.3f}, grown ({plan['depth_init']}+"
-      f"{plan['width_init']}) {grow['val_loss_heuristic_init']:.3f} (the donor: {grow['val_loss_donor']:.3f}), "
-      f"LiGO after {grow['operator_steps']} operator steps {grow['val_loss_after_operator_training']:.3f}")
-steps = val('scratch')[-1][0]
-print(f"[quickstart] llama-micro after {steps} steps: scratch {val('scratch')[-1][1]:.3f}, "
-      f"grown {val('prune/dense')[-1][1]:.3f}")
-print(f"[quickstart] 50% of the grown model's block matrices pruned, rewound to the grown weights, trained "
-      f"{steps} steps: lottery ticket {val('prune/round1-ticket')[-1][1]:.3f}, random pruning "
-      f"{val('prune/round1-random_prune')[-1][1]:.3f}")
+plan, tasks = grow["plan"], grow.get("downstream", {})  # none in a grow run made before the eval section
+steps = last("scratch", "val/")[0]
+def row(name, loss, scores):
+    acc = [f"{scores[k]:.2f}" if k in scores else "-" for k in ("corpus_choice/acc", "corpus_next/acc")]
+    print(f"| {name:<52} | {loss:>8.3f} | {acc[0]:>17} | {acc[1]:>15} |")
+def trained(run):
+    return last(run, "val/loss")[1]["val/loss"], {k[5:]: v for k, v in last(run, "eval/")[1].items()}
+print(f"[quickstart] validation loss and the corpus tasks' accuracy (100 documents each; chance: 0.25 and ~0)")
+print(f"| {'model':<52} | val loss | corpus_choice acc | corpus_next acc |")
+print(f"|{'-' * 54}|----------|-------------------|-----------------|")
+row(f"donor llama-nano, {last('donor', 'val/')[0]} steps", grow["val_loss_donor"], tasks.get("donor", {}))
+row(f"llama-micro grown ({plan['depth_init']}+{plan['width_init']}), step 0", grow["val_loss_heuristic_init"],
+    tasks.get("heuristic_init", {}))
+row(f"llama-micro grown, after {grow['operator_steps']} LiGO operator steps", grow["val_loss_after_operator_training"],
+    tasks.get("after_operator_training", {}))
+row(f"llama-micro grown, then trained {steps} steps", *trained("prune/dense"))
+row(f"  its lottery ticket (50% pruned, rewound, {steps} steps)", *trained("prune/round1-ticket"))
+row(f"  random pruning control (50%, {steps} steps)", *trained("prune/round1-random_prune"))
+row(f"llama-micro from scratch, {steps} steps", *trained("scratch"))
 PY

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install the pipeline with its test extra, at the versions in launch/constraints.txt
+# Create .venv and install the pipeline with its test and eval (lm-evaluation-harness) extras, at the versions in launch/constraints.txt
 # (the ones the tests last passed with; bash launch/lock.sh rewrites it).
 #   bash launch/setup.sh
 # torch is installed first, pinned, because an unpinned torch resolves to a multi-GB CUDA build even
@@ -17,5 +17,5 @@ if [ -n "${TORCH_SPEC:-}" ]; then
 else
   .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q -c "$CONSTRAINTS" torch
 fi
-.venv/bin/python -m pip install -q -c "$CONSTRAINTS" -e ".[test]"
+.venv/bin/python -m pip install -q -c "$CONSTRAINTS" -e ".[test,eval]"
 .venv/bin/python -c "import torch, deepspeed, transformers; print(f'torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}')"

@@ -293,6 +293,32 @@ class PruneConfig:
 
 
 @dataclass
+class EvalConfig:
+    tasks: str = ""
+    """Comma-separated lm-evaluation-harness task names (needs the `eval` extra). corpus_choice and
+    corpus_next are built from the prepared data's validation split and need no network
+    (pipeline/data/eval_tasks.py); standard names (hellaswag, arc_easy, piqa, lambada_openai, ...)
+    download their datasets from the Hub. Empty: no downstream evaluation."""
+    interval: int = 0
+    """Evaluate the tasks inside the train, grow and prune stages at step 0, every this many steps and
+    at the end, on the model being trained (0: only python -m pipeline.evaluate)."""
+    num_fewshot: int = 0
+    """Few-shot examples per prompt."""
+    limit: typing.Optional[int] = None
+    """Evaluate only the first this many documents of each task (unset: all)."""
+    batch_size: int = 16
+    """Requests per forward and rank."""
+    corpus_items: int = 100
+    """Documents of the corpus_choice and corpus_next tasks, from validation samples spread evenly over
+    the split."""
+    include_path: typing.Optional[str] = None
+    """A directory of your own lm-eval task YAMLs, added to the task index."""
+
+    def task_names(self) -> list[str]:
+        return [name.strip() for name in self.tasks.split(",") if name.strip()]
+
+
+@dataclass
 class BenchConfig:
     donor_size: str = "llama-nano"
     """Growth benchmark: named size of the donor it pretrains (the `model` section is the target)."""
@@ -315,6 +341,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     grow: GrowConfig = field(default_factory=GrowConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     def to_dict(self) -> dict:
@@ -601,6 +628,7 @@ def validate(config: Config) -> None:
     if config.model.init_std is not None and config.model.init_std <= 0:
         raise ConfigError(f"model.init_std must be positive or unset, got {config.model.init_std}")
     validate_prune(config.prune, t.steps)
+    validate_eval(config.eval)
     if config.bench.donor_steps <= 0:
         raise ConfigError(f"bench.donor_steps must be positive, got {config.bench.donor_steps}")
     shape = resolve_shape(config.model)
@@ -610,6 +638,19 @@ def validate(config: Config) -> None:
     if t.global_batch_size is not None and t.global_batch_size % (t.micro_batch_size * t.grad_accum_steps):
         raise ConfigError(batch_triad_message(t, world_size=None))
     load_deepspeed_json(t.deepspeed_config)
+
+
+def validate_eval(e: EvalConfig) -> None:
+    if e.interval < 0 or e.num_fewshot < 0 or e.batch_size <= 0 or e.corpus_items <= 0 or (e.limit is not None
+                                                                                             and e.limit <= 0):
+        raise ConfigError(f"eval: need interval >= 0, num_fewshot >= 0, batch_size > 0, corpus_items > 0 and limit "
+                          f"> 0 or unset (got {e.interval}, {e.num_fewshot}, {e.batch_size}, {e.corpus_items}, "
+                          f"{e.limit})")
+    if e.interval and not e.task_names():
+        raise ConfigError(f"eval.interval={e.interval} evaluates in the loop, but eval.tasks is empty: name the "
+                          f"tasks, e.g. eval.tasks=corpus_choice,corpus_next")
+    if e.include_path is not None and not Path(e.include_path).is_dir():
+        raise ConfigError(f"eval.include_path={e.include_path} is not a directory of lm-eval task YAMLs")
 
 
 def source_names(d: DataConfig) -> list[str]:

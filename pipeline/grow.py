@@ -36,6 +36,7 @@ from pipeline import checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.packing import adds_bos, read_meta
 from pipeline.data.tokenizer import load_tokenizer
+from pipeline.downstream import scalars as downstream_scalars
 from pipeline.engine import (all_reduce_mean, build_engine, end_stage_process, full_fp32_parameters,
                              partitioned_construction, set_master_weights, trainable_parameters_per_rank)
 from pipeline.growth.adapters import adapter_for
@@ -168,7 +169,11 @@ class GrowStage(PretrainStage):
         donor = donor.to(trainer.engine.device).eval()
         losses = [donor(input_ids=b.to(trainer.engine.device), labels=b.to(trainer.engine.device)).loss.item()
                   for b in trainer.val_batches]
-        return {"val/donor_loss": all_reduce_mean([sum(losses) / len(losses)])[0]}
+        references = {"val/donor_loss": all_reduce_mean([sum(losses) / len(losses)])[0]}
+        if trainer.downstream is not None:  # eval/<task>/donor_<metric>, beside the grown model's
+            results = trainer.downstream.run(lambda input_ids: donor(input_ids=input_ids).logits, trainer.engine.device)
+            references.update(downstream_scalars(results, of="donor_"))
+        return references
 
     def _generation_flops_per_token(self, config: Config, vocab_size: int) -> float:
         """Generating the whole target once, spread over the tokens of one micro-batch: every rank
@@ -280,10 +285,21 @@ class GrowStage(PretrainStage):
                   "val_loss_donor": donor, "val_loss_heuristic_init": val[0][1],
                   "val_loss_after_operator_training": val[-1][1],
                   "val_curve": val, "seconds": round(time.time() - self.started, 1)}
+        evaluated = [r for r in records if any(k.startswith("eval/") for k in r)]
+        if evaluated:  # downstream tasks: the donor, the grown model at step 0 and after the operator steps
+            def tasks(record: dict, of: str = "") -> dict:  # "eval/<task>/<of><metric>" -> "<task>/<metric>"
+                return {f"{k.split('/')[1]}/{k.split('/')[2][len(of):]}": v for k, v in record.items()
+                        if k.startswith("eval/") and k.split("/")[2].startswith("donor_") == bool(of)}
+            report["downstream"] = {"donor": tasks(evaluated[0], "donor_"), "heuristic_init": tasks(evaluated[0]),
+                                    "after_operator_training": tasks(evaluated[-1])}
         (trainer.run_dir / "report.json").write_text(json.dumps(report, indent=2))
         print(f"[grow] validation loss: donor {donor:.4f}, grown at step 0 ({self.plan.depth_init}+"
               f"{self.plan.width_init}) {val[0][1]:.4f} ({val[0][1] - donor:+.4f}) -> after {trainer.schedule.steps} "
               f"operator steps {val[-1][1]:.4f}; grown model in {trainer.run_dir / 'hf'}", flush=True)
+        for name, donor_value in report.get("downstream", {}).get("donor", {}).items():
+            d = report["downstream"]
+            print(f"[grow] {name}: donor {donor_value:.4g}, grown at step 0 {d['heuristic_init'][name]:.4g} -> after "
+                  f"the operator steps {d['after_operator_training'][name]:.4g}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,8 @@ from pipeline.config import Config, ConfigError
 
 # Changing these does not change the sequence of weights: where the run lives (a moved run dir resumes),
 # logging, evaluation, saving, throughput accounting, the non-finite-loss limit. Neither do the config
-# sections a stage does not read (its `unread_sections`: `grow` and `prune` for the train stage, `bench` for all).
+# sections a stage does not read (its `unread_sections`: `grow` and `prune` for the train stage, `bench` for all),
+# nor downstream evaluation (the `eval` section).
 HARMLESS_KEYS = {"run.dir", "train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint_interval",
                  "train.keep_checkpoints", "train.throughput_warmup_steps", "train.peak_tflops", "train.save_hf",
                  "train.save_hf_optimizer",
@@ -56,7 +57,7 @@ def breaking_changes(saved: dict, current: dict, unread_sections: tuple[str, ...
     old, new = {**flatten(Config().to_dict()), **_behaviour_before_keys(saved), **flatten(saved)}, flatten(current)
     unread_keys = _pretrained_start_keys(old, new)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in HARMLESS_KEYS
-                     and k.split(".")[0] not in unread_sections and not k.startswith(unread_keys))
+                     and k.split(".")[0] not in (*unread_sections, "eval") and not k.startswith(unread_keys))
     if not any(k not in BATCH_SPLIT_KEYS for k in changed):
         changed = []  # only the per-rank split changed: the caller checks the global batch
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]

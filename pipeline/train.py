@@ -27,7 +27,8 @@ import torch
 
 from pipeline import __version__, checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args, schedule_for_start
-from pipeline.data.loader import TrainBatches, data_start, open_samples, validation_batches, write_data_position
+from pipeline.data.loader import (TrainBatches, data_start, open_samples, validation_batches, validation_sources,
+                                  write_data_position)
 from pipeline.data.packing import repetition_report
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
@@ -36,6 +37,8 @@ from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, chec
                              optimizer_swap_bytes_to_come, peak_memory_gb, param_group_decays, peak_tflops_per_rank,
                              restore_param_group_settings, return_freed_tensors_to_the_os, skip_next_update,
                              swaps_optimizer_to_disk, training_dtype, zero_stage)
+from pipeline.downstream import Downstream, model_max_length
+from pipeline.downstream import scalars as downstream_scalars
 from pipeline.metrics import MetricsLogger
 from pipeline.optimizer_state import SavedState, install_saved_state, read_saved_state
 from pipeline.preemption import StopRequest
@@ -44,6 +47,13 @@ from pipeline.resume import check_disk_space, check_launch, checkpoints_to_hold,
 from pipeline.throughput import ThroughputMeter
 from pipeline.models.hf import build_model, checkpoint_config, hf_config, shape_of, special_token_ids
 from pipeline.models.sizes import resolve_shape
+
+
+def sample_mean_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Each sample's mean next-token loss (the loss the model's forward computes, per row)."""
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten(),
+                                               reduction="none")
+    return losses.view(input_ids.shape[0], -1).mean(dim=1)
 
 
 def seed_everything(seed: int) -> None:
@@ -182,11 +192,16 @@ class Trainer:
                 raise ConfigError(f"{config.data.output_dir} was packed with seq_len={self.train_samples.seq_len}, "
                                   f"the recipe says data.seq_len={config.data.seq_len}: re-run prepare")
             # eval_batches global batches: the same samples whatever the world size and accumulation split
-            self.val_batches = validation_batches(open_samples(config.data.output_dir, "validation"),
-                                                  t.micro_batch_size, t.eval_batches * t.grad_accum_steps,
-                                                  self.rank, self.world_size)
+            validation = open_samples(config.data.output_dir, "validation")
+            val_layout = (t.micro_batch_size, t.eval_batches * t.grad_accum_steps, self.rank, self.world_size)
+            self.val_batches = validation_batches(validation, *val_layout)
+            self.val_sources = validation_sources(validation, *val_layout)  # a mixture's: val/<source>/loss too
             self.target_config = hf_config(resolve_shape(config.model), vocab_size,
                                            special_token_ids(self.tokenizer), config.model.init_std)
+            # downstream tasks indexed (unknown names refused) and the corpus tasks written before any training
+            self.downstream = (Downstream(config.eval, self.tokenizer, model_max_length(self.target_config, self.tokenizer),
+                                          config.data.output_dir, t.seed)
+                               if config.eval.interval else None)
             self.resume_from = check_launch(self.run_dir, resume, overwrite, config, self.world_size,
                                             ds["train_batch_size"], self.train_samples.meta["key"],
                                             self.stage.unread_sections)
@@ -303,20 +318,46 @@ class Trainer:
         return batch.pin_memory().to(self.engine.device, non_blocking=True)
 
     @torch.no_grad()
-    def validate(self) -> float:
+    def validate(self) -> dict:
+        """`val/loss` on the validation batches; for a mixture also `val/<source>/loss`, each source's
+        samples' mean loss (every sample has the same number of predicted tokens, so the batch loss is
+        the mean of its samples' losses)."""
         self.engine.eval()
         total = torch.zeros((), dtype=torch.float64, device=self.engine.device)
-        for batch in self.val_batches:
+        names = [source["name"] for source in self.train_samples.meta.get("sources", [])]
+        per_source = torch.zeros(len(names), dtype=torch.float64, device=self.engine.device)
+        count = torch.zeros_like(per_source)
+        for b, batch in enumerate(self.val_batches):
             input_ids = self.on_device(batch)
-            total += self.engine(input_ids=input_ids, labels=input_ids).loss.detach()
+            output = self.engine(input_ids=input_ids, labels=input_ids)
+            total += output.loss.detach()
+            if self.val_sources is not None:
+                sample_losses = sample_mean_losses(output.logits, input_ids).double()
+                sources = self.val_sources[b].to(self.engine.device)
+                per_source.index_add_(0, sources, sample_losses)
+                count.index_add_(0, sources, torch.ones_like(sample_losses))
         self.engine.train()
-        return all_reduce_mean([total / len(self.val_batches)])[0]
+        reduced = all_reduce_mean([total / len(self.val_batches), *per_source, *count])
+        sums, counts = reduced[1:1 + len(names)], reduced[1 + len(names):]
+        return {"val/loss": reduced[0], **{f"val/{name}/loss": s / c for name, s, c in zip(names, sums, counts) if c}}
+
+    @torch.no_grad()
+    def evaluate_downstream(self) -> dict:
+        """eval.tasks on the model being trained, through the engine's forward on every rank (so under
+        ZeRO-3 each forward gathers its parameters as in training): `eval/<task>/<metric>` scalars."""
+        if self.downstream is None:
+            return {}
+        self.engine.eval()
+        results = self.downstream.run(lambda input_ids: self.engine(input_ids=input_ids).logits, self.engine.device)
+        self.engine.train()
+        return downstream_scalars(results)
 
     def fit(self) -> None:
         t = self.schedule
         step = self.progress["step"]
         if self.resume_from is None:
-            self.log(step, {"val/loss": self.validate(), **self.stage.reference_losses(self)})
+            self.log(step, {**self.validate(), **self.evaluate_downstream(),
+                            **self.stage.reference_losses(self)})
         self.stage.at_step(self, step)
         while step < self.until_step:
             lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside it)
@@ -338,7 +379,9 @@ class Trainer:
                 scalars.update(self.meter.window())
                 scalars["perf/peak_memory_gb"] = all_reduce_max([peak_memory_gb()])[0]
             if step % t.eval_interval == 0 or step == t.steps:
-                scalars["val/loss"] = self.validate()
+                scalars.update(self.validate())
+            if self.downstream is not None and (step % self.config.eval.interval == 0 or step == t.steps):
+                scalars.update(self.evaluate_downstream())
             self.log(step, scalars)
             self.stage.at_step(self, step)
             too_many_skipped = self.skipped_in_a_row > t.max_skipped_steps
@@ -379,7 +422,7 @@ class Trainer:
                                 "perf/train_seconds": self.train_seconds})
         if self.rank == 0 and ("perf/peak_memory_gb" in scalars or "val/loss" in scalars or step == 0):
             shown = " ".join(f"{k.split('/')[-1] if k.startswith('perf/') else k.replace('/', '_')}={v:.4g}"
-                             for k, v in scalars.items() if k.split("/")[0] in ("train", "val") or k in CONSOLE_PERF)
+                             for k, v in scalars.items() if k.split("/")[0] in ("train", "val", "eval") or k in CONSOLE_PERF)
             print(f"[{self.stage.name}] step {step}/{t.steps} {shown}", flush=True)
 
 

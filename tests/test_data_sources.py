@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.data.corpus import load_source, parse_hf_source
-from pipeline.data.loader import Blend, TrainBatches, open_samples, validation_batches
+from pipeline.data.loader import Blend, TrainBatches, open_samples, validation_batches, validation_sources
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.prepare import prepare
 
@@ -240,6 +240,17 @@ def test_training_on_a_mixture_resumes_exactly(mixture, tmp_path):
     reference = read_metrics(tmp_path / "whole")
     assert [r["train/loss"] for r in reference if "train/loss" in r][-1] < reference[1]["train/loss"]
     assert _deterministic(read_metrics(tmp_path / "parts")) == _deterministic(reference)
+    # per-source validation: each source's mean sample loss; weighted by its samples, they make val/loss
+    sources = [s for r in (0, 1) for batch in validation_sources(open_samples(root / "mix", "validation"), 4, 2, r, 2)
+               for s in batch.tolist()]
+    counts = [sources.count(0), sources.count(1)]
+    assert counts == [11, 5]  # 0.7 / 0.3 of 16 by largest remainder
+    validated = [r for r in reference if "val/loss" in r]
+    assert [r["step"] for r in validated] == [0, 4, 8]
+    for r in validated:
+        combined = (counts[0] * r["val/prose/loss"] + counts[1] * r["val/records/loss"]) / sum(counts)
+        assert combined == pytest.approx(r["val/loss"], abs=1e-5)
+        assert r["val/prose/loss"] != pytest.approx(r["val/records/loss"], abs=1e-3)  # disjoint vocabularies
 
 
 def test_a_dir_without_a_tokenizer_is_not_trained_into(tmp_path):

@@ -135,8 +135,11 @@ class SampleMixture:
         return int(self.offsets[-1])
 
     def __getitem__(self, index: int) -> np.ndarray:
-        source = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        source = self.source_of(index)
         return self.parts[source][int(index) - int(self.offsets[source])]
+
+    def source_of(self, index: int) -> int:
+        return int(np.searchsorted(self.offsets, index, side="right")) - 1
 
     def order(self, seed: int) -> "MixtureOrder":
         return MixtureOrder(self, seed)
@@ -234,20 +237,31 @@ def validation_positions(num_samples: int, needed: int) -> list[int]:
     return [g * num_samples // needed for g in range(needed)]
 
 
+def _validation_rows(samples: PackedSamples | SampleMixture, micro_batch: int, num_batches: int, rank: int,
+                     world_size: int) -> list[list[int]]:
+    needed = num_batches * micro_batch * world_size
+    if needed > len(samples):
+        raise ConfigError(f"validation needs {needed} samples (train.eval_batches x micro_batch_size x ranks) "
+                          f"but the split has {len(samples)}: lower train.eval_batches")
+    positions = samples.validation_indices(needed)
+    return [positions[(b * world_size + rank) * micro_batch:(b * world_size + rank + 1) * micro_batch]
+            for b in range(num_batches)]
+
+
 def validation_batches(samples: PackedSamples | SampleMixture, micro_batch: int, num_batches: int, rank: int,
                        world_size: int) -> list[torch.Tensor]:
     """A fixed validation set: num_batches*micro*ranks samples spread evenly over the split
     (validation_positions; for a mixture, over each source's split in the sources' weights), sliced by rank.
 
     Every rank gets the same number of batches, so ZeRO-3 forwards stay in lockstep."""
-    needed = num_batches * micro_batch * world_size
-    if needed > len(samples):
-        raise ConfigError(f"validation needs {needed} samples (train.eval_batches x micro_batch_size x ranks) "
-                          f"but the split has {len(samples)}: lower train.eval_batches")
-    positions = samples.validation_indices(needed)
-    out = []
-    for b in range(num_batches):
-        start = (b * world_size + rank) * micro_batch
-        out.append(torch.from_numpy(np.stack([samples[i] for i in positions[start:start + micro_batch]])
-                                    .astype(np.int64)))
-    return out
+    return [torch.from_numpy(np.stack([samples[i] for i in rows]).astype(np.int64))
+            for rows in _validation_rows(samples, micro_batch, num_batches, rank, world_size)]
+
+
+def validation_sources(samples: PackedSamples | SampleMixture, micro_batch: int, num_batches: int, rank: int,
+                       world_size: int) -> list[torch.Tensor] | None:
+    """For a mixture, the source of each sample of validation_batches (same arguments); None for one source."""
+    if not isinstance(samples, SampleMixture):
+        return None
+    return [torch.tensor([samples.source_of(i) for i in rows])
+            for rows in _validation_rows(samples, micro_batch, num_batches, rank, world_size)]
