@@ -46,7 +46,7 @@ row(f"llama-micro grown ({plan['depth_init']}+{plan['width_init']}), step 0", gr
 row(f"llama-micro grown, after {grow['operator_steps']} LiGO operator steps", grow["val_loss_after_operator_training"],
     tasks.get("after_operator_training", {}))
 row(f"llama-micro grown, then trained {steps} steps", *trained("prune/dense"))
-row(f"  its lottery ticket (50% pruned, rewound, {steps} steps)", *trained("prune/round1-ticket"))
+row(f"  its lottery ticket (50%, rewound, {steps} steps)", *trained("prune/round1-ticket"))
 row(f"  random pruning control (50%, {steps} steps)", *trained("prune/round1-random_prune"))
 row(f"llama-micro from scratch, {steps} steps", *trained("scratch"))
 PY
