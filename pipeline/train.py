@@ -347,10 +347,11 @@ class Trainer:
         ZeRO-3 each forward gathers its parameters as in training): `eval/<task>/<metric>` scalars."""
         if self.downstream is None:
             return {}
+        started = time.perf_counter()
         self.engine.eval()
         results = self.downstream.run(lambda input_ids: self.engine(input_ids=input_ids).logits, self.engine.device)
         self.engine.train()
-        return downstream_scalars(results)
+        return {**downstream_scalars(results), "perf/eval_seconds": time.perf_counter() - started}
 
     def fit(self) -> None:
         t = self.schedule
