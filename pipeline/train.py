@@ -421,7 +421,8 @@ class Trainer:
         self.metrics.log(step, {**scalars, "progress/consumed_tokens": step * self.tokens_per_step,
                                 "progress/model_flops": step * self.model_flops_per_step,
                                 "perf/train_seconds": self.train_seconds})
-        if self.rank == 0 and ("perf/peak_memory_gb" in scalars or "val/loss" in scalars or step == 0):
+        if self.rank == 0 and ("perf/peak_memory_gb" in scalars or "val/loss" in scalars or "perf/eval_seconds" in scalars
+                               or step == 0):
             shown = " ".join(f"{k.split('/')[-1] if k.startswith('perf/') else k.replace('/', '_')}={v:.4g}"
                              for k, v in scalars.items() if k.split("/")[0] in ("train", "val", "eval") or k in CONSOLE_PERF)
             print(f"[{self.stage.name}] step {step}/{t.steps} {shown}", flush=True)
