@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pipeline.bench.growth import Bench, parse_arms
-from pipeline.bench.growth_report import Curve, crossing, seed_result, summarize
+from pipeline.bench.growth_report import Curve, crossing, markdown_table, seed_result, summarize
 from pipeline.config import BenchConfig, ConfigError, load_config
 from pipeline.flops import training_flops_per_token
 from pipeline.models.sizes import SIZES
@@ -60,6 +60,26 @@ def test_savings_exclude_and_include_the_donor():
     assert savings["values"] == [pytest.approx(0.5), pytest.approx(0.75)]
     assert savings["mean"] == pytest.approx(0.625) and savings["std"] == pytest.approx(0.1767767, rel=1e-6)
     assert summary["never"]["flops_to_target"]["mean"] is None  # not reached on a seed: no mean
+
+
+def test_downstream_scores_at_the_end_become_columns():
+    """With eval.tasks in the loop, each arm's target scores at its end are a column (a grown arm's are its
+    training's, not its operator's); a score some seed lacks is left out, an arm without it shows "-"."""
+    def records(loss0, loss1, acc=None):
+        evaluated = {} if acc is None else {"eval/corpus_choice/acc": acc, "eval/corpus_choice/donor_acc": 0.1}
+        return [{"step": 0, "val/loss": loss0, "progress/model_flops": 0, "perf/train_seconds": 0, **evaluated},
+                {"step": 10, "val/loss": loss1, "progress/model_flops": 10, "perf/train_seconds": 1,
+                 **({} if acc is None else {"eval/corpus_choice/acc": acc + 0.1})}]
+    scratch = Curve.from_records(records(8.0, 4.0, acc=0.2))
+    grown = Curve.from_records(records(4.5, 4.4, acc=0.3)).then(Curve.from_records(records(4.4, 3.5, acc=0.5), 10, 1))
+    plain = Curve.from_records(records(8.0, 3.9))
+    costs = {arm: {"flops": 0, "seconds": 0} for arm in ("scratch", "grown", "plain")}
+    seed = seed_result({"scratch": scratch, "grown": grown, "plain": plain}, costs)
+    assert seed["grown"]["final corpus_choice/acc"] == pytest.approx(0.6)
+    assert seed["scratch"]["final corpus_choice/acc"] == pytest.approx(0.3) and "final corpus_choice/acc" not in seed["plain"]
+    table = markdown_table(summarize([seed]), {})
+    assert table.splitlines()[0].endswith(" final corpus_choice/acc |")
+    assert table.splitlines()[3].endswith(" 0.6 |") and table.splitlines()[4].endswith(" - |")
 
 
 def test_training_flops_of_a_known_shape():

@@ -32,18 +32,22 @@ class Curve:
     operator_flops: float = 0.0  # spent training a growth operator before the target's training
     steps: list[int] = field(default_factory=list)  # the stage's step of each point
     target_from: int = 0  # index of the target's step-0 point (after any operator points)
+    final_tasks: dict = field(default_factory=dict)  # downstream scores at the end ("<task>/<metric>"), if evaluated
 
     @classmethod
     def from_records(cls, records: list[dict], flops_offset: float = 0.0, seconds_offset: float = 0.0) -> "Curve":
         points = [r for r in records if "val/loss" in r]
+        evaluated = [r for r in records if any(k.startswith("eval/") for k in r)]
+        final_tasks = {k[len("eval/"):]: v for k, v in (evaluated[-1] if evaluated else {}).items()
+                       if k.startswith("eval/") and "/donor_" not in k}
         return cls([flops_offset + r["progress/model_flops"] for r in points],
                    [seconds_offset + r["perf/train_seconds"] for r in points], [r["val/loss"] for r in points],
-                   steps=[r["step"] for r in points])
+                   steps=[r["step"] for r in points], final_tasks=final_tasks)
 
     def then(self, other: "Curve") -> "Curve":
         """This curve (operator training) followed by `other` (the target's training)."""
         return Curve(self.flops + other.flops, self.seconds + other.seconds, self.loss + other.loss, self.flops[-1],
-                     self.steps + other.steps, len(self.loss))
+                     self.steps + other.steps, len(self.loss), other.final_tasks)
 
     def climb(self) -> float:
         """How far the target's validation loss rises above its step-0 value in its first CLIMB_STEPS
@@ -74,7 +78,8 @@ def seed_result(curves: dict[str, Curve], donor_cost: dict[str, dict[str, float]
                  "seconds": crossing(scratch.seconds, scratch.loss, target)}
     out = {}
     for arm, curve in curves.items():
-        row = {"step0_loss": curve.loss[0], "climb": curve.climb(), "final_loss": curve.loss[-1], "target_loss": target}
+        row = {"step0_loss": curve.loss[0], "climb": curve.climb(), "final_loss": curve.loss[-1], "target_loss": target,
+               **{f"final {name}": value for name, value in curve.final_tasks.items()}}
         for axis in ("flops", "seconds"):
             reached = crossing(getattr(curve, axis), curve.loss, target)
             donor = donor_cost[arm][axis]
@@ -99,7 +104,8 @@ def spread(values: list[float | None]) -> dict:
 def summarize(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
     """Seed statistics of every number `seed_result` gives, for the arms every seed ran."""
     arms = [arm for arm in per_seed[0] if all(arm in seed for seed in per_seed)]
-    return {arm: {key: spread([seed[arm][key] for seed in per_seed]) for key in per_seed[0][arm]} for arm in arms}
+    return {arm: {key: spread([seed[arm][key] for seed in per_seed]) for key in per_seed[0][arm]
+                  if all(key in seed[arm] for seed in per_seed)} for arm in arms}
 
 
 def _fmt(stat: dict, scale: float = 1.0, percent: bool = False, digits: int = 3) -> str:
@@ -114,11 +120,13 @@ def _fmt(stat: dict, scale: float = 1.0, percent: bool = False, digits: int = 3)
 
 
 def markdown_table(summary: dict[str, dict], descriptions: dict[str, str]) -> str:
-    """One row per arm; mean ± sample std over seeds."""
+    """One row per arm; mean ± sample std over seeds. Downstream scores (with eval.tasks and eval.interval)
+    get a column each: the target's at the end of its training."""
+    tasks = sorted({key for row in summary.values() for key in row if key.startswith("final ")})
     lines = ["| arm | what | step-0 val loss | climb | final val loss | PFLOPs to target | saving excl. donor | "
              "saving incl. donor | saving if the operator were free | train s to target | time saving excl. donor | "
-             "time saving incl. donor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "time saving incl. donor |" + "".join(f" {key} |" for key in tasks),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(tasks)]
     for arm, row in summary.items():
         lines.append(" | ".join([
             f"| `{arm}`", descriptions.get(arm, ""), _fmt(row["step0_loss"], digits=4), _fmt(row["climb"], digits=2),
@@ -127,7 +135,8 @@ def markdown_table(summary: dict[str, dict], descriptions: dict[str, str]) -> st
             _fmt(row["flops_saving_incl_donor"], percent=True), _fmt(row["flops_saving_free_operator"], percent=True),
             _fmt(row["seconds_to_target"], digits=4),
             _fmt(row["seconds_saving_excl_donor"], percent=True),
-            _fmt(row["seconds_saving_incl_donor"], percent=True)]) + " |")
+            _fmt(row["seconds_saving_incl_donor"], percent=True),
+            *(_fmt(row[key]) if key in row else "-" for key in tasks)]) + " |")
     return "\n".join(lines) + "\n"
 
 
