@@ -25,12 +25,16 @@ import yaml
 
 from pipeline import hub
 from pipeline.errors import ConfigError
+from pipeline.growth.schemes import (
+    DEPTH_COEFFICIENTS,
+    DEPTH_SCHEMES,
+    NEW_LAYER_PLACEMENTS,
+    RECOMPUTE_MODES,
+    WIDTH_SCHEMES,
+)
 from pipeline.lottery import CONTROLS, DEFAULT_INCLUDE, MODES, STRATEGIES
-from pipeline.growth.schemes import (DEPTH_COEFFICIENTS, DEPTH_SCHEMES, NEW_LAYER_PLACEMENTS, RECOMPUTE_MODES,
-                                     WIDTH_SCHEMES)
 from pipeline.models.families import family
-from pipeline.models.sizes import (DEFAULT_SIZE, SHAPE_FIELDS, ModelShape, resolve_shape,
-                                  shape_from_hf)
+from pipeline.models.sizes import DEFAULT_SIZE, SHAPE_FIELDS, ModelShape, resolve_shape, shape_from_hf
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 TXT_DOCUMENTS = ("paragraphs", "lines", "files")

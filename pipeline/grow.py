@@ -37,19 +37,34 @@ from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args
 from pipeline.data.packing import adds_bos, read_meta
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.downstream import scalars as downstream_scalars
-from pipeline.engine import (all_reduce_mean, build_engine, end_stage_process, full_fp32_parameters,
-                             partitioned_construction, set_master_weights, trainable_parameters_per_rank)
+from pipeline.engine import (
+    all_reduce_mean,
+    build_engine,
+    end_stage_process,
+    full_fp32_parameters,
+    partitioned_construction,
+    set_master_weights,
+    trainable_parameters_per_rank,
+)
+from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.model import GrownModel
 from pipeline.growth.moments import MomentMap, exactness_problem
-from pipeline.flops import recompute_flops_per_token, training_flops_per_token
-from pipeline.growth.operator import (GrowthOperator, GrowthPlan, OperatorInit, check_plan, generation_flops,
-                                      grown_config, lossy_choices, operator_init)
+from pipeline.growth.operator import (
+    GrowthOperator,
+    GrowthPlan,
+    OperatorInit,
+    check_plan,
+    generation_flops,
+    grown_config,
+    lossy_choices,
+    operator_init,
+)
 from pipeline.metrics import read_metrics
-from pipeline.optimizer_state import MOMENTS, OPTIMIZER_FILE, read_saved_state
-from pipeline.preflight import all_ranks_agree
 from pipeline.models.hf import shape_of
 from pipeline.models.sizes import resolve_shape
+from pipeline.optimizer_state import MOMENTS, OPTIMIZER_FILE, read_saved_state
+from pipeline.preflight import all_ranks_agree
 from pipeline.train import PretrainStage, Trainer, TrainingHalted, stage_flags
 
 

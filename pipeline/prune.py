@@ -43,14 +43,20 @@ from pipeline.config import Config, ConfigError, parse_stage_args
 from pipeline.data.loader import data_start
 from pipeline.data.packing import read_meta
 from pipeline.engine import WeightMasks, all_reduce_max, end_stage_process, init_distributed, zero_stage
-from pipeline.lottery.masks import (full_masks, load_masks, magnitude_masks, manifest_path,
-                                    prunable_names, random_masks_like, save_masks)
+from pipeline.lottery.masks import (
+    full_masks,
+    load_masks,
+    magnitude_masks,
+    manifest_path,
+    prunable_names,
+    random_masks_like,
+    save_masks,
+)
 from pipeline.lottery.report import write_summary
 from pipeline.models.hf import HFWeights
 from pipeline.preflight import all_ranks_agree
 from pipeline.resume import breaking_changes
 from pipeline.train import PretrainStage, Trainer, TrainingHalted, stage_flags
-
 
 # seeds of the controls, apart from the train.seed values a multi-seed benchmark uses for its dense runs
 REINIT_SEED_OFFSET = 1_000_003

@@ -27,26 +27,48 @@ import torch
 
 from pipeline import __version__, checkpoint
 from pipeline.config import Config, ConfigError, TrainConfig, parse_stage_args, schedule_for_start
-from pipeline.data.loader import (TrainBatches, data_start, open_samples, validation_batches, validation_sources,
-                                  write_data_position)
+from pipeline.data.loader import (
+    TrainBatches,
+    data_start,
+    open_samples,
+    validation_batches,
+    validation_sources,
+    write_data_position,
+)
 from pipeline.data.packing import repetition_report
 from pipeline.data.tokenizer import load_tokenizer
-from pipeline.flops import recompute_flops_per_token, training_flops_per_token
-from pipeline.engine import (all_reduce_max, all_reduce_mean, build_engine, checkpoint_bytes, deepspeed_config,
-                             end_stage_process, init_distributed, model_construction, offloads_optimizer,
-                             optimizer_swap_bytes_to_come, peak_memory_gb, param_group_decays, peak_tflops_per_rank,
-                             restore_param_group_settings, return_freed_tensors_to_the_os, skip_next_update,
-                             swaps_optimizer_to_disk, training_dtype, zero_stage)
 from pipeline.downstream import Downstream, model_max_length
 from pipeline.downstream import scalars as downstream_scalars
+from pipeline.engine import (
+    all_reduce_max,
+    all_reduce_mean,
+    build_engine,
+    checkpoint_bytes,
+    deepspeed_config,
+    end_stage_process,
+    init_distributed,
+    model_construction,
+    offloads_optimizer,
+    optimizer_swap_bytes_to_come,
+    param_group_decays,
+    peak_memory_gb,
+    peak_tflops_per_rank,
+    restore_param_group_settings,
+    return_freed_tensors_to_the_os,
+    skip_next_update,
+    swaps_optimizer_to_disk,
+    training_dtype,
+    zero_stage,
+)
+from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.metrics import MetricsLogger
+from pipeline.models.hf import build_model, checkpoint_config, hf_config, shape_of, special_token_ids
+from pipeline.models.sizes import resolve_shape
 from pipeline.optimizer_state import SavedState, install_saved_state, read_saved_state
 from pipeline.preemption import StopRequest
 from pipeline.preflight import agreed_value, all_ranks_agree
 from pipeline.resume import check_disk_space, check_launch, checkpoints_to_hold, prepare_run_dir
 from pipeline.throughput import ThroughputMeter
-from pipeline.models.hf import build_model, checkpoint_config, hf_config, shape_of, special_token_ids
-from pipeline.models.sizes import resolve_shape
 
 
 def sample_mean_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

@@ -48,4 +48,5 @@ except TrainingHalted as err:
 with open(f"{out_path}.rank{trainer.rank}", "w") as f:
     json.dump({"outcome": outcome, "steps": trainer.fingerprints}, f)
 from pipeline.engine import shutdown_distributed  # noqa: E402
+
 shutdown_distributed()

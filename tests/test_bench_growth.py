@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
+from conftest import ROOT, data_overrides
 from pipeline.bench.growth import Bench, parse_arms
 from pipeline.bench.growth_report import Curve, crossing, markdown_table, seed_result, summarize
 from pipeline.config import BenchConfig, ConfigError, load_config
 from pipeline.flops import training_flops_per_token
 from pipeline.models.sizes import SIZES
-from conftest import ROOT, data_overrides
 
 
 def test_crossing_interpolates_between_the_evaluations_around_it():

@@ -2,9 +2,16 @@ import json
 
 import pytest
 
-from pipeline.config import (Config, ConfigError, check_batch_triad, load_config, load_deepspeed_json,
-                             parse_overrides, recipe_names)
-from pipeline.config import PROJECT_ROOT
+from pipeline.config import (
+    PROJECT_ROOT,
+    Config,
+    ConfigError,
+    check_batch_triad,
+    load_config,
+    load_deepspeed_json,
+    parse_overrides,
+    recipe_names,
+)
 from pipeline.models.sizes import ModelShape, resolve_shape
 
 

@@ -6,8 +6,7 @@ import pytest
 from conftest import data_overrides
 from pipeline.config import ConfigError, load_config
 from pipeline.data.corpus import load_corpus
-from pipeline.data.loader import (GlobalOrder, PackedSamples, TrainBatches, micro_batch_positions,
-                                  validation_batches)
+from pipeline.data.loader import GlobalOrder, PackedSamples, TrainBatches, micro_batch_positions, validation_batches
 from pipeline.data.tokenizer import load_tokenizer
 from pipeline.prepare import prepare
 
@@ -168,6 +167,7 @@ def test_missing_or_empty_corpus_fails_clearly(tmp_path, make, message):
 
 def test_tokenizers_dir_does_not_shadow_the_library():
     import tokenizers
+
     from pipeline.config import PROJECT_ROOT
     assert not (PROJECT_ROOT / "tokenizers" / "__init__.py").exists()
     assert "site-packages" in tokenizers.__file__

@@ -195,6 +195,7 @@ def test_grow_under_zero3_is_partitioned_learns_and_matches_zero0(prepared, dono
     # the exported grown model is a plain HF checkpoint whose loss is the operator's
     import torch
     from transformers import AutoModelForCausalLM
+
     from pipeline.data.loader import PackedSamples, validation_batches
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "z3" / "hf").eval()
     assert model.config.num_hidden_layers == 4 and model.config.hidden_size == 256
@@ -210,6 +211,7 @@ def test_grow_gpt2_under_zero3(prepared, tmp_path):
     gpt2-nano donor grown into gpt2-micro; the operator learns and the export reproduces its loss."""
     import torch
     from transformers import AutoModelForCausalLM
+
     from pipeline.data.loader import PackedSamples, validation_batches
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.models.hf import build_model, hf_config, special_token_ids
@@ -240,6 +242,7 @@ def test_grow_heuristic_only_with_plain_python(prepared, donor, tmp_path):
     import os
     import subprocess
     import sys
+
     from conftest import ROOT
     root, _, _ = prepared
     cmd = [sys.executable, "-m", "pipeline.grow", "--config", "tiny", f"run.dir={tmp_path / 'stack'}",
@@ -257,6 +260,7 @@ def exported_val_loss(model_dir, root, ranks=2):
     """An HF dir's fp32 loss on the validation batches the stages use on `ranks` ranks (eval_batches=2)."""
     import torch
     from transformers import AutoModelForCausalLM
+
     from pipeline.data.loader import PackedSamples, validation_batches
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     val = PackedSamples(root / "packed", "validation")
@@ -317,6 +321,7 @@ def assert_saved_operator_is_its_exact_init(run_dir, donor):
     its bf16 rounding (0.6 -> 0.6016)."""
     import torch
     from transformers import AutoConfig
+
     from pipeline.growth.adapters import adapter_for
     from pipeline.growth.operator import GrowthPlan, operator_init
     from pipeline.models.sizes import ModelShape
@@ -350,6 +355,7 @@ def run_two_nodes(tmp_path, stage, args, timeout=600):
     NODE_RANK 0 and 1 (the launcher's --no_ssh --node_rank), one rank each, loopback master."""
     import os
     import subprocess
+
     from conftest import DEEPSPEED, ROOT, free_port
     hosts = tmp_path / "hosts"
     hosts.write_text("node0 slots=1\nnode1 slots=1\n")
@@ -402,6 +408,7 @@ def test_zero3_init_from_reads_each_ranks_partition(prepared, donor, tmp_path):
     the step-0 validation loss is the source model's own."""
     import torch
     from transformers import AutoModelForCausalLM
+
     from pipeline import checkpoint
     from pipeline.data.tokenizer import load_tokenizer
     root, _, meta = prepared

@@ -65,6 +65,7 @@ def test_hf_files_are_written_as_they_come_in_bounded_shards(prepared, tmp_path)
     """write_hf_files takes weights one at a time (a generator, as the grow export produces them) and
     cuts shards at max_shard_bytes; from_pretrained loads the sharded dir as the same model."""
     from safetensors import safe_open
+
     from pipeline import checkpoint
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.models.hf import build_model, hf_config
@@ -138,6 +139,7 @@ def test_hf_export_holds_one_tensor_at_a_time(tmp_path):
 def test_hf_export_refuses_a_tensor_name_twice(tmp_path):
     """A repeated name would leave its first bytes unreferenced in the file: safetensors rejects that."""
     from types import SimpleNamespace
+
     from pipeline.checkpoint import write_hf_files
     saver = SimpleNamespace(save_pretrained=lambda out_dir: None)
     with pytest.raises(ValueError, match="'w' written twice"):

@@ -246,6 +246,7 @@ def test_random_operator_starts_are_drawn_outside_zero_init(tmp_path, prepared, 
     leaves torch.rand on the CPU, so random starts (noisy_stack depth, random width) drawn inside it
     would mix devices on a GPU. The grow stage draws the whole start before entering it."""
     import contextlib
+
     import pipeline.grow as grow_stage
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.models.hf import save_initialized_model

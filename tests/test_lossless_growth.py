@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, load_config
+from pipeline.growth.adapters import adapter_for
 from pipeline.growth.init import identity_layout
 from pipeline.growth.operator import GrowthPlan, check_plan, lossy_choices, operator_init
-from pipeline.growth.adapters import adapter_for
 from pipeline.models.sizes import ModelShape
 from test_growth import GPT2, LLAMA, VOCAB, grow, make_donor, materialized
 

@@ -214,6 +214,7 @@ def test_prune_from_given_weights_rewinds_to_them(prepared, tmp_path):
     weights (the BERT-ticket setting). One rank, plain python."""
     import subprocess
     import sys
+
     from conftest import ROOT
     from pipeline.data.tokenizer import load_tokenizer
     from pipeline.models.hf import save_initialized_model

@@ -19,7 +19,6 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-
 CLIMB_STEPS = 100  # the climb: the highest validation loss over the target's first steps above its step-0 loss
 
 

@@ -57,6 +57,7 @@ def parameter_counts(shape: ModelShape, vocab_size: int) -> tuple[int, int]:
     """(all parameters, one block's), exact, from the HF model built on the meta device (embeddings,
     norms and the head included; a tied head counted once)."""
     from transformers import AutoModelForCausalLM
+
     from pipeline.models.hf import hf_config
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config(shape, vocab_size, {}))

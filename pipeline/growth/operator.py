@@ -37,10 +37,20 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.growth.adapters import LAYER_ROLES, NORMS, QK_NORMS, Adapter
-from pipeline.growth.init import (ExpansionInit, copy_sources, depth_init, depth_sources, equal_copies, head_sources,
-                                  new_layers, next_layer, original_units, width_init)
-from pipeline.models.hf import resized_config
+from pipeline.growth.init import (
+    ExpansionInit,
+    copy_sources,
+    depth_init,
+    depth_sources,
+    equal_copies,
+    head_sources,
+    new_layers,
+    next_layer,
+    original_units,
+    width_init,
+)
 from pipeline.models.families import family
+from pipeline.models.hf import resized_config
 from pipeline.models.sizes import ModelShape
 
 

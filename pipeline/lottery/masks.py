@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.errors import ConfigError
 
+
 def prunable_names(shapes: dict[str, tuple], include: str, exclude: str) -> list[str]:
     """Matrices (2-D) whose name matches `include` and not `exclude` (regular expressions, re.search)."""
     names = [name for name, shape in shapes.items() if len(shape) == 2 and re.search(include, name)
