@@ -126,10 +126,11 @@ def _score_batch(forward: Forward, inputs: list[list[int]], continuations: list[
     ids = torch.zeros(len(inputs), width, dtype=torch.long)
     for row, x in enumerate(inputs):
         ids[row, :len(x)] = torch.tensor(x)
-    logprobs = F.log_softmax(forward(ids.to(device)).float(), dim=-1).cpu()
+    logits = forward(ids.to(device))
     scores = []
     for row, (x, continuation) in enumerate(zip(inputs, continuations)):
-        picked = logprobs[row, len(x) - len(continuation):len(x)]  # the positions that predict the continuation
+        # only the positions that predict the continuation, in fp32 (not the whole batch's logits: GBs at 49k vocab)
+        picked = F.log_softmax(logits[row, len(x) - len(continuation):len(x)].float(), dim=-1).cpu()
         target = torch.tensor(continuation)
         scores.append((float(picked.gather(1, target[:, None]).sum()), bool((picked.argmax(-1) == target).all())))
     return scores

@@ -72,10 +72,10 @@ from pipeline.throughput import ThroughputMeter
 
 
 def sample_mean_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Each sample's mean next-token loss (the loss the model's forward computes, per row)."""
-    losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten(),
-                                               reduction="none")
-    return losses.view(input_ids.shape[0], -1).mean(dim=1)
+    """Each sample's mean next-token loss (the loss the model's forward computes, per row). One row at a
+    time: an fp32 copy of a whole batch's logits is GBs at a 49k vocabulary and 2048 tokens."""
+    return torch.stack([torch.nn.functional.cross_entropy(row[:-1].float(), ids[1:])
+                        for row, ids in zip(logits, input_ids)])
 
 
 def seed_everything(seed: int) -> None:
