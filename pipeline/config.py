@@ -151,6 +151,11 @@ class ContinuedConfig:
     new_units_lr_scale: float = 1.0
     """LR factor of a grown model's coordinates that have no donor counterpart (new units, new layers),
     where the grown dir's optimizer file marks them (pipeline/growth/moments.py)."""
+    new_units_warmup_steps: int = 100
+    """Fade the new coordinates in: their LR factor rises linearly from 0 to new_units_lr_scale over
+    this many first steps (their moments fill meanwhile) while the inherited ones train at once, so
+    the grown model leaves its donor's function gradually (measured: docs/benchmarks.md, "Continued
+    pretraining after growth"; 0: at once)."""
 
 
 @dataclass
@@ -594,9 +599,10 @@ def validate(config: Config) -> None:
     c = t.continued
     if c.new_units_lr_scale < 0:
         raise ConfigError(f"train.continued.new_units_lr_scale must be >= 0, got {c.new_units_lr_scale}")
-    if c.lr_ratio <= 0 or min(c.warmup_steps, c.moment_warmup_steps) < 0:
-        raise ConfigError(f"train.continued: need lr_ratio > 0 and warmup_steps, moment_warmup_steps >= 0 (got "
-                          f"{c.lr_ratio}, {c.warmup_steps}, {c.moment_warmup_steps})")
+    if c.lr_ratio <= 0 or min(c.warmup_steps, c.moment_warmup_steps, c.new_units_warmup_steps) < 0:
+        raise ConfigError(f"train.continued: need lr_ratio > 0 and warmup_steps, moment_warmup_steps, "
+                          f"new_units_warmup_steps >= 0 (got {c.lr_ratio}, {c.warmup_steps}, {c.moment_warmup_steps}, "
+                          f"{c.new_units_warmup_steps})")
     resolved = schedule_for_start(t)
     where = "train." if resolved is t else "train.continued."
     if resolved.warmup_steps > t.steps:

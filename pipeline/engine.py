@@ -211,12 +211,16 @@ class AdamW(torch.optim.AdamW):
     `lr_scales` (id of a tensor this optimizer steps -> a tensor of its shape): that tensor's Adam
     update is multiplied coordinate-wise by the scale (decoupled weight decay is not: it shrinks by
     lr * weight_decay as usual). A grown model's split columns need this to take their donor's step
-    (pipeline/growth/moments.py); set by pipeline.optimizer_state, never saved in checkpoints."""
+    (pipeline/growth/moments.py); set by pipeline.optimizer_state, never saved in checkpoints.
+    `new_units` (same ids -> bool masks): the coordinates with no donor counterpart, whose scale is
+    further multiplied by `new_units_factor` (the trainer's fade-in of new units, set every step)."""
     skip_next_update = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.lr_scales: dict[int, torch.Tensor] = {}
+        self.new_units: dict[int, torch.Tensor] = {}
+        self.new_units_factor = 1.0
 
     def step(self, closure=None):
         if self.skip_next_update:
@@ -231,9 +235,15 @@ class AdamW(torch.optim.AdamW):
                     p.grad = None
         super().step(closure)
         for group, p, grad in scaled:
-            self._scaled_update(group, p, grad, self.lr_scales[id(p)])
+            self._scaled_update(group, p, grad, self._scale(p))
             p.grad = grad
         return None
+
+    def _scale(self, p: torch.Tensor) -> torch.Tensor:
+        scale, new = self.lr_scales[id(p)], self.new_units.get(id(p))
+        if new is None or self.new_units_factor == 1.0:
+            return scale
+        return torch.where(new, scale * self.new_units_factor, scale)
 
     @torch.no_grad()
     def _scaled_update(self, group: dict, p: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor) -> None:
@@ -288,6 +298,22 @@ def restore_param_group_settings(engine, decays: list[float], universal: bool) -
 
 def skip_next_update(engine, skip: bool) -> None:
     engine.client_optimizer.skip_next_update = skip
+
+
+def new_units_fade_in(steps: int):
+    """The new units' LR factor for the optimizer step with 0-based index s: linear from 1/steps at the
+    first step to 1 at step `steps` (1 throughout with steps=0)."""
+    return lambda s: min((s + 1) / steps, 1.0) if steps else 1.0
+
+
+def fade_in_new_units(engine, factor: float) -> None:
+    """Scale the next update of a grown model's new coordinates (AdamW.new_units) by `factor`; at 1 the
+    fade-in is over and the masks are freed."""
+    optimizer = engine.client_optimizer
+    if getattr(optimizer, "new_units", None):  # none installed, or DeepSpeed's CPU Adam (offload)
+        optimizer.new_units_factor = factor
+        if factor == 1.0:
+            optimizer.new_units.clear()
 
 
 def build_engine(model: torch.nn.Module, train: TrainConfig, ds: dict, groups: list[dict] | None = None,

@@ -98,12 +98,14 @@ def read_saved_state(model_dir: str | Path) -> SavedState | None:
     return SavedState(path, int(meta["step"]), names)
 
 
-def install_saved_state(engine, saved: SavedState, moments: bool, lr_scales: bool, new_lr_scale: float) -> None:
+def install_saved_state(engine, saved: SavedState, moments: bool, lr_scales: bool, new_lr_scale: float,
+                        new_units: bool = False) -> None:
     """Start the engine's AdamW from `saved` (before its first step; local to each rank, no collective):
     with `moments`, every optimizer tensor gets the saved step count and the moments of the parameters
     the file names (zero elsewhere); with `lr_scales`, the file's LR scales (if any) go to
-    AdamW.lr_scales, with `new_lr_scale` at the coordinates it marks new. Call it after any checkpoint
-    load, too: LR scales are not part of a checkpoint."""
+    AdamW.lr_scales, with `new_lr_scale` at the coordinates it marks new, and with `new_units` too
+    the masks of those coordinates go to AdamW.new_units (for the fade-in). Call it after any
+    checkpoint load, too: LR scales are not part of a checkpoint."""
     optimizer = engine.client_optimizer
     lr_scales = lr_scales and saved.has_lr_scales
     pieces = local_pieces(engine)
@@ -121,6 +123,9 @@ def install_saved_state(engine, saved: SavedState, moments: bool, lr_scales: boo
             new = saved.get(f"{piece.name}.new")
             if new is not None:
                 scale = torch.where(new.bool(), torch.full_like(scale, new_lr_scale), scale)
+                if new_units:
+                    mask = optimizer.new_units.setdefault(id(piece.flat), torch.zeros_like(piece.flat, dtype=torch.bool))
+                    _scatter(piece, mask, new.bool())
             target = optimizer.lr_scales.setdefault(id(piece.flat), torch.ones_like(piece.flat))
             _scatter(piece, target, scale)
 

@@ -73,9 +73,13 @@ def _pretrained_start_keys(old: dict, new: dict) -> tuple[str, ...]:
 
 def _behaviour_before_keys(saved: dict) -> dict:
     """Keys whose default differs from how the pipeline behaved before they existed: a run from
-    train.init_from written before train.continued used the recipe's schedule as a random init does."""
-    if saved.get("train", {}).get("init_from") and "continued" not in saved.get("train", {}):
+    train.init_from written before train.continued used the recipe's schedule as a random init does;
+    one written before train.continued.new_units_warmup_steps trained new units at once."""
+    train = saved.get("train", {})
+    if train.get("init_from") and "continued" not in train:
         return {"train.continued.enabled": False}
+    if "continued" in train and "new_units_warmup_steps" not in train["continued"]:
+        return {"train.continued.new_units_warmup_steps": 0}
     return {}
 
 

@@ -46,8 +46,10 @@ from pipeline.engine import (
     checkpoint_bytes,
     deepspeed_config,
     end_stage_process,
+    fade_in_new_units,
     init_distributed,
     model_construction,
+    new_units_fade_in,
     offloads_optimizer,
     optimizer_swap_bytes_to_come,
     param_group_decays,
@@ -287,10 +289,13 @@ class Trainer:
             self.train_seconds = self.progress.get("train_seconds", 0.0)
             restore_param_group_settings(self.engine, decays, self.universal)
         saved = self.stage.saved_optimizer(config)
+        continued = config.train.continued
+        self.new_units_factor = new_units_fade_in(continued.new_units_warmup_steps if continued.enabled else 0)
         if saved is not None:  # moments only on a fresh start (a checkpoint has its own); LR scales always
             lr_scales = config.train.init_optimizer == "auto"
             install_saved_state(self.engine, saved, moments=self.resume_from is None, lr_scales=lr_scales,
-                                new_lr_scale=config.train.continued.new_units_lr_scale)
+                                new_lr_scale=continued.new_units_lr_scale,
+                                new_units=self.new_units_factor(self.progress["step"]) < 1)
             if self.rank == 0 and self.resume_from is None:
                 print(f"[{self.stage.name}] AdamW starts from {saved.path} (step {saved.step}"
                       f"{', per-coordinate LR scales' if lr_scales and saved.has_lr_scales else ''})", flush=True)
@@ -328,6 +333,7 @@ class Trainer:
                 mean_loss, nonfinite, stop = all_reduce_mean(
                     [local_loss, (~torch.isfinite(local_loss)).double(), float(self.stop.requested)])
                 skip_next_update(self.engine, nonfinite > 0)
+                fade_in_new_units(self.engine, self.new_units_factor(step))
                 self.stage.before_update(self.engine)
             self.engine.step()  # DeepSpeed applies the update only at the accumulation boundary
         return StepResult(mean_loss, nonfinite > 0, stop > 0, data_seconds)

@@ -129,6 +129,17 @@ def test_a_run_from_before_the_continued_schedule_is_not_resumed_under_it():
     assert breaking_changes(old_scratch, scratch, ()) == []
 
 
+def test_a_run_from_before_the_new_units_fade_in_is_not_resumed_with_it():
+    """A run saved before train.continued.new_units_warmup_steps existed trained new units at once."""
+    from pipeline.resume import breaking_changes
+    current = load_config("tiny", ["train.init_from=x", "model.size=llama-micro"]).to_dict()
+    old = load_config("tiny", ["train.init_from=x", "model.size=llama-micro"]).to_dict()
+    del old["train"]["continued"]["new_units_warmup_steps"]
+    assert breaking_changes(old, current, ()) == ["train.continued.new_units_warmup_steps: 0 -> 100"]
+    old["train"]["continued"]["new_units_warmup_steps"] = 100
+    assert breaking_changes(old, current, ()) == []
+
+
 def test_the_continued_settings_do_not_invalidate_a_random_init_run():
     """A benchmark that changes train.continued reuses its scratch runs (they never read it); a run from
     a pretrained start still names the change."""

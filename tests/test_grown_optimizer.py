@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import data_overrides, run_deepspeed
-from pipeline.engine import AdamW
+from pipeline.engine import AdamW, fade_in_new_units, new_units_fade_in
 from pipeline.growth.adapters import adapter_for
 from pipeline.growth.moments import MomentMap, exactness_problem
 from pipeline.growth.operator import GrowthOperator, GrowthPlan, grown_config, operator_init
@@ -91,6 +91,7 @@ def grown_optimizer(model, mapped, donor_step, new_lr_scale, lr_scales=True):
                               "exp_avg_sq": entry["exp_avg_sq"].clone()}
         if lr_scales:
             optimizer.lr_scales[id(p)] = torch.where(entry["new"], torch.tensor(new_lr_scale), entry["lr_scale"])
+            optimizer.new_units[id(p)] = entry["new"].bool()
     return optimizer
 
 
@@ -147,13 +148,14 @@ def copies_gap(model, rows: list[int]) -> float:
     return ((up[rows[0]] - up[rows[1]]).abs().max() / up[rows[0]].abs().max()).item()
 
 
-@pytest.mark.parametrize("residual_grows, new_lr_scale, lr_scales, diverge", [
-    (True, 0.0, True, False),  # exact scales, new units still: the copies stay in lockstep
-    (True, 1.0, True, True),  # the defaults: new residual units train and break the symmetry
-    (False, 1.0, True, False),  # no new residual units: exact scales keep copies in lockstep...
-    (False, 1.0, False, True),  # ...the moments without the LR scales do not
+@pytest.mark.parametrize("residual_grows, new_lr_scale, fade_in, lr_scales, diverge", [
+    (True, 0.0, 0, True, False),  # exact scales, new units still: the copies stay in lockstep
+    (True, 1.0, 0, True, True),  # new residual units train and break the symmetry...
+    (True, 1.0, 4, True, True),  # ...faded in too (the defaults)
+    (False, 1.0, 0, True, False),  # no new residual units: exact scales keep copies in lockstep...
+    (False, 1.0, 0, False, True),  # ...the moments without the LR scales do not
 ])
-def test_copies_diverge_with_the_default_settings(residual_grows, new_lr_scale, lr_scales, diverge):
+def test_copies_diverge_with_the_default_settings(residual_grows, new_lr_scale, fade_in, lr_scales, diverge):
     donor_shape, target = CASES["llama 5/3: hidden 48 -> 80, 6/3 -> 10/5 heads, ffn 96 -> 160"]
     if not residual_grows:
         target = replace(donor_shape, ffn=target.ffn)
@@ -163,12 +165,44 @@ def test_copies_diverge_with_the_default_settings(residual_grows, new_lr_scale, 
     copies = [0, donor_shape.ffn]  # MLP unit 0 and its first copy
     new_rows = grown.model.layers[0].mlp.down_proj.weight[donor_shape.hidden:]  # writers of new residual units
     assert copies_gap(grown, copies) == 0.0 and (new_rows == 0).all()
+    factor = new_units_fade_in(fade_in)
     for s in range(6):
+        optimizer.new_units_factor = factor(s)
         step(grown, optimizer, batch(200 + s))
     gap = copies_gap(grown, copies)
     assert gap > 1e-3 if diverge else gap < 1e-5
     if residual_grows:  # new units leave their zero start unless held still
         assert (new_rows.abs().max() > 1e-4) == (new_lr_scale > 0)
+
+
+def test_fade_in_scales_only_the_new_coordinates_update():
+    """The new units' fade-in: factor f multiplies the Adam term of the coordinates marked new (their
+    moments fill as usual), leaves the others' update alone, and frees the masks at 1."""
+    torch.manual_seed(0)
+    start, grad = torch.zeros(6), torch.randn(6)  # from 0, and a factor of 1/4: the updates compare exactly
+    new = torch.tensor([False, False, False, True, True, True])
+    updates = {}
+    for factor in (1.0, 0.25):
+        p = torch.nn.Parameter(start.clone())
+        optimizer = AdamW([p], lr=LR, betas=BETAS, eps=1e-8, weight_decay=0.0)
+        optimizer.lr_scales[id(p)] = torch.tensor([0.5, 1.0, 1.0, 1.0, 2.0, 1.0])
+        optimizer.new_units[id(p)] = new
+        optimizer.new_units_factor = factor
+        p.grad = grad.clone()
+        optimizer.step()
+        updates[factor] = p.detach() - start
+        assert torch.equal(optimizer.state[p]["exp_avg"], (1 - BETAS[0]) * grad)  # moments fill for every coordinate
+    assert torch.equal(updates[0.25][~new], updates[1.0][~new])
+    assert torch.equal(updates[0.25][new], 0.25 * updates[1.0][new]) and (updates[1.0] != 0).all()
+    assert [new_units_fade_in(4)(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert new_units_fade_in(0)(0) == 1.0
+
+    class Engine:
+        client_optimizer = optimizer
+    fade_in_new_units(Engine, 0.5)
+    assert optimizer.new_units_factor == 0.5 and optimizer.new_units
+    fade_in_new_units(Engine, 1.0)
+    assert optimizer.new_units_factor == 1.0 and not optimizer.new_units
 
 
 # -- through the stages: DeepSpeed partitions, 2 ranks --------------------------------------------------
@@ -214,7 +248,8 @@ def test_grown_run_takes_the_donors_step_through_zero3_and_resumes_exactly(prepa
     assert abs(donor_losses[1] - donor_losses[0]) > 1e-3  # the step moved the donor
     assert grown_losses[1] == pytest.approx(donor_losses[1], rel=1e-5)
 
-    # the default settings, interrupted and resumed: bit-identical to an uninterrupted run
+    # the default settings (new units faded in over the whole run), interrupted and resumed inside the
+    # fade-in: bit-identical to an uninterrupted run
     run = ["model.size=null", f"train.init_from={grow}/hf", "train.steps=6", "train.eval_interval=3",
            "train.checkpoint_interval=3", "train.deepspeed_config=zero3"]
     stage("train", tmp_path / "whole", root, *run)
@@ -223,3 +258,8 @@ def test_grown_run_takes_the_donors_step_through_zero3_and_resumes_exactly(prepa
     deterministic = [[{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(tmp_path / d)]
                      for d in ("whole", "parts")]
     assert deterministic[0] == deterministic[1]
+    # the fade-in is applied: new units at their full LR from the first update train differently
+    stage("train", tmp_path / "at-once", root, *run, "train.continued.new_units_warmup_steps=0", flags=["--until-step", "2"])
+    faded, at_once = ({r["step"]: r["train/loss"] for r in read_metrics(tmp_path / d) if "train/loss" in r}
+                      for d in ("whole", "at-once"))
+    assert faded[1] == at_once[1] and faded[2] != at_once[2]

@@ -15,8 +15,11 @@ each mode it runs the train stage from that model's dir with the recipe's batch,
     warmup      the same after a moment warm-up (train.moment_warmup_steps=10)
     fresh       the train.continued schedule with an empty AdamW (and its moment warm-up)
     moments     train.continued with AdamW from the moments the dir carries, without LR scales
+    at-once     the same, with a grown model's new units at their full LR from the first step
+                (train.continued.new_units_warmup_steps=0)
     default     the defaults: train.continued, AdamW from the dir's moments and per-coordinate LR scales
-                when it carries them (a donor trained by this pipeline, a lossless grown start)
+                when it carries them (a donor trained by this pipeline, a lossless grown start), the
+                new units faded in
 
 The climb is the highest validation loss over the first 100 steps above the step-0 loss. Outputs in
 --out: <model>-<mode>/ run dirs and logs, results.json, results.md, loss_curves.png. Finished runs
@@ -49,7 +52,9 @@ MODES = {
                ["train.continued.enabled=false", "train.init_optimizer=fresh", "train.moment_warmup_steps=10"]),
     "fresh": ("train.continued, empty AdamW with the moment warm-up", ["train.init_optimizer=fresh"]),
     "moments": ("train.continued, the carried moments without LR scales", ["train.init_optimizer=moments"]),
-    "default": ("train.continued, carried moments and LR scales (the defaults)", []),
+    "at-once": ("train.continued, carried moments and LR scales, new units at once",
+                ["train.continued.new_units_warmup_steps=0"]),
+    "default": ("train.continued, carried moments and LR scales, new units faded in (the defaults)", []),
 }
 SHAPE_FROM_CHECKPOINT = ["model.size=null", *(f"model.{name}=null" for name in SHAPE_FIELDS)]
 

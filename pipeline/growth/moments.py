@@ -28,12 +28,13 @@ copying donor unit s(i):
   that group has the same total share inside it (true for this pipeline's head layout unless KV groups
   are copied with unequal query shares; otherwise the map is refused as inexact).
 New coordinates get zero moments and LR scale 1 (marked in the file; train.continued.new_units_lr_scale
-sets their factor). The step count is the donor's.
+sets their factor, which the train stage fades in over train.continued.new_units_warmup_steps). The step
+count is the donor's.
 
 Exact, and yet the copies diverge: with new units held still, the exact LR scales keep the copies of
 a unit in lockstep forever (their rows' gradients keep a fixed ratio, which Adam's update ignores, and
 their split reader columns keep their shares' ratio), so the grown model would never use its extra
-width. Trained at the peak LR (the default), the new residual units break that: their writer rows of
+width. Trained (faded in by default, then at the peak LR), the new residual units break that: their writer rows of
 the copies' reader columns (down, o) start at zero and take equal absolute steps, not steps in the
 shares' ratio, so the copies' gradients part after the first step (tests/test_grown_optimizer.py
 measures it). Without new residual units (the residual width kept) the copies part only without the LR
