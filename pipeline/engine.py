@@ -212,15 +212,23 @@ class AdamW(torch.optim.AdamW):
     update is multiplied coordinate-wise by the scale (decoupled weight decay is not: it shrinks by
     lr * weight_decay as usual). A grown model's split columns need this to take their donor's step
     (pipeline/growth/moments.py); set by pipeline.optimizer_state, never saved in checkpoints.
-    `new_units` (same ids -> bool masks): the coordinates with no donor counterpart, whose scale is
-    further multiplied by `new_units_factor` (the trainer's fade-in of new units, set every step)."""
+    `new_units` (same ids -> bool masks): the coordinates with no donor counterpart, whose scale
+    `fade_in` sets to `new_units_lr_scale` times the trainer's fade-in factor (in place: no copy of
+    the scales per step)."""
     skip_next_update = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.lr_scales: dict[int, torch.Tensor] = {}
         self.new_units: dict[int, torch.Tensor] = {}
-        self.new_units_factor = 1.0
+        self.new_units_lr_scale = 1.0
+
+    def fade_in(self, factor: float) -> None:
+        """The new coordinates' next updates at `factor` x new_units_lr_scale; at 1 the masks are freed."""
+        for key, new in self.new_units.items():
+            self.lr_scales[key].masked_fill_(new, self.new_units_lr_scale * factor)
+        if factor == 1.0:
+            self.new_units.clear()
 
     def step(self, closure=None):
         if self.skip_next_update:
@@ -235,15 +243,9 @@ class AdamW(torch.optim.AdamW):
                     p.grad = None
         super().step(closure)
         for group, p, grad in scaled:
-            self._scaled_update(group, p, grad, self._scale(p))
+            self._scaled_update(group, p, grad, self.lr_scales[id(p)])
             p.grad = grad
         return None
-
-    def _scale(self, p: torch.Tensor) -> torch.Tensor:
-        scale, new = self.lr_scales[id(p)], self.new_units.get(id(p))
-        if new is None or self.new_units_factor == 1.0:
-            return scale
-        return torch.where(new, scale * self.new_units_factor, scale)
 
     @torch.no_grad()
     def _scaled_update(self, group: dict, p: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor) -> None:
@@ -311,9 +313,7 @@ def fade_in_new_units(engine, factor: float) -> None:
     fade-in is over and the masks are freed."""
     optimizer = engine.client_optimizer
     if getattr(optimizer, "new_units", None):  # none installed, or DeepSpeed's CPU Adam (offload)
-        optimizer.new_units_factor = factor
-        if factor == 1.0:
-            optimizer.new_units.clear()
+        optimizer.fade_in(factor)
 
 
 def build_engine(model: torch.nn.Module, train: TrainConfig, ds: dict, groups: list[dict] | None = None,

@@ -124,6 +124,7 @@ def install_saved_state(engine, saved: SavedState, moments: bool, lr_scales: boo
             if new is not None:
                 scale = torch.where(new.bool(), torch.full_like(scale, new_lr_scale), scale)
                 if new_units:
+                    optimizer.new_units_lr_scale = new_lr_scale
                     mask = optimizer.new_units.setdefault(id(piece.flat), torch.zeros_like(piece.flat, dtype=torch.bool))
                     _scatter(piece, mask, new.bool())
             target = optimizer.lr_scales.setdefault(id(piece.flat), torch.ones_like(piece.flat))

@@ -92,6 +92,7 @@ def grown_optimizer(model, mapped, donor_step, new_lr_scale, lr_scales=True):
         if lr_scales:
             optimizer.lr_scales[id(p)] = torch.where(entry["new"], torch.tensor(new_lr_scale), entry["lr_scale"])
             optimizer.new_units[id(p)] = entry["new"].bool()
+    optimizer.new_units_lr_scale = new_lr_scale
     return optimizer
 
 
@@ -167,7 +168,7 @@ def test_copies_diverge_with_the_default_settings(residual_grows, new_lr_scale, 
     assert copies_gap(grown, copies) == 0.0 and (new_rows == 0).all()
     factor = new_units_fade_in(fade_in)
     for s in range(6):
-        optimizer.new_units_factor = factor(s)
+        optimizer.fade_in(factor(s))
         step(grown, optimizer, batch(200 + s))
     gap = copies_gap(grown, copies)
     assert gap > 1e-3 if diverge else gap < 1e-5
@@ -185,9 +186,9 @@ def test_fade_in_scales_only_the_new_coordinates_update():
     for factor in (1.0, 0.25):
         p = torch.nn.Parameter(start.clone())
         optimizer = AdamW([p], lr=LR, betas=BETAS, eps=1e-8, weight_decay=0.0)
-        optimizer.lr_scales[id(p)] = torch.tensor([0.5, 1.0, 1.0, 1.0, 2.0, 1.0])
+        optimizer.lr_scales[id(p)] = torch.tensor([0.5, 1.0, 2.0, 1.0, 1.0, 1.0])  # new ones: new_units_lr_scale
         optimizer.new_units[id(p)] = new
-        optimizer.new_units_factor = factor
+        optimizer.fade_in(factor)
         p.grad = grad.clone()
         optimizer.step()
         updates[factor] = p.detach() - start
@@ -200,9 +201,9 @@ def test_fade_in_scales_only_the_new_coordinates_update():
     class Engine:
         client_optimizer = optimizer
     fade_in_new_units(Engine, 0.5)
-    assert optimizer.new_units_factor == 0.5 and optimizer.new_units
+    assert optimizer.lr_scales[id(p)].tolist() == [0.5, 1.0, 2.0, 0.5, 0.5, 0.5] and optimizer.new_units
     fade_in_new_units(Engine, 1.0)
-    assert optimizer.new_units_factor == 1.0 and not optimizer.new_units
+    assert optimizer.lr_scales[id(p)].tolist() == [0.5, 1.0, 2.0, 1.0, 1.0, 1.0] and not optimizer.new_units
 
 
 # -- through the stages: DeepSpeed partitions, 2 ranks --------------------------------------------------
