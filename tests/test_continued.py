@@ -97,7 +97,7 @@ def test_continued_benchmark_runs_each_mode_from_both_models(prepared, tmp_path)
                     f"grow.donor={donor}/hf", "grow.steps=0"], check=True, cwd=ROOT, capture_output=True)
     out = tmp_path / "bench"
     command = [sys.executable, "-m", "pipeline.bench", "continued", "--config", "tiny", "--donor", f"{donor}/hf",
-               "--grown", f"{grown}/hf", "--modes", "recipe,default", "--steps", "2", "--out", str(out), *base,
+               "--grown", f"{grown}/hf", "--modes", "recipe,at-once,default", "--steps", "2", "--out", str(out), *base,
                "train.steps=20", "train.eval_interval=1"]
     first = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
     results = json.loads((out / "results.json").read_text())["results"]
@@ -105,12 +105,15 @@ def test_continued_benchmark_runs_each_mode_from_both_models(prepared, tmp_path)
         for mode in ("recipe", "default"):
             row = results[model][mode]
             assert row["steps"] == [0, 1, 2] and row["climb"] == max(row["val_loss"]) - row["val_loss"][0]
+    assert "at-once" in results["grown"] and "at-once" not in results["donor"]  # a donor has no new units
+    trained = [line.split("/")[-1] for line in first.stdout.splitlines() if line.startswith("[bench] train ->")]
+    assert trained == ["grown-recipe", "donor-recipe", "grown-at-once", "grown-default", "donor-default"]
     assert results["grown"]["default"]["step0_loss"] == pytest.approx(results["donor"]["default"]["step0_loss"], rel=1e-5)
     assert "AdamW starts from" in (out / "grown-default.log").read_text()
     assert "AdamW starts from" not in (out / "grown-recipe.log").read_text()
     assert (out / "loss_curves.png").stat().st_size > 0 and "| grown | `default` |" in (out / "results.md").read_text()
     again = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
-    assert again.stdout.count("finished earlier, reused") == 4 and "reused" not in first.stdout
+    assert again.stdout.count("finished earlier, reused") == 5 and "reused" not in first.stdout
 
 
 def test_a_run_from_before_the_continued_schedule_is_not_resumed_under_it():

@@ -21,6 +21,9 @@ each mode it runs the train stage from that model's dir with the recipe's batch,
                 when it carries them (a donor trained by this pipeline, a lossless grown start), the
                 new units faded in
 
+Modes run in the order given, the grown model and its donor together (the donor skips at-once: it
+has no new units).
+
 The climb is the highest validation loss over the first 100 steps above the step-0 loss. Outputs in
 --out: <model>-<mode>/ run dirs and logs, results.json, results.md, loss_curves.png. Finished runs
 are reused (a run is finished when its metrics reach the last step and its config is unchanged).
@@ -56,6 +59,8 @@ MODES = {
                 ["train.continued.new_units_warmup_steps=0"]),
     "default": ("train.continued, carried moments and LR scales, new units faded in (the defaults)", []),
 }
+# A donor has no new units, so these change nothing for it: not run.
+MODES_SAME_AS_DEFAULT_FOR_A_DONOR = {"at-once"}
 SHAPE_FROM_CHECKPOINT = ["model.size=null", *(f"model.{name}=null" for name in SHAPE_FIELDS)]
 
 
@@ -129,13 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     results: dict[str, dict] = {}
     try:
-        for model, model_dir in (("grown", args.grown), ("donor", args.donor)):
-            results[model] = {}
-            for mode in modes:
+        # Mode by mode, the pair together: a benchmark stopped early still compares like with like.
+        for mode in modes:
+            for model, model_dir in (("grown", args.grown), ("donor", args.donor)):
+                if model == "donor" and mode in MODES_SAME_AS_DEFAULT_FOR_A_DONOR:
+                    continue
                 run = [*overrides, f"train.init_from={model_dir}", *SHAPE_FROM_CHECKPOINT, "data.start=0",
                        *MODES[mode][1]]
                 records = run_mode(args.config, run, out / f"{model}-{mode}", args.steps, args.ranks)
-                results[model][mode] = summary_row(records)
+                results.setdefault(model, {})[mode] = summary_row(records)
     except ConfigError as err:
         sys.exit(f"bench error: {err}")
     command = "python -m pipeline.bench continued " + shlex.join(sys.argv[1:])
