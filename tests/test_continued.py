@@ -114,6 +114,12 @@ def test_continued_benchmark_runs_each_mode_from_both_models(prepared, tmp_path)
     assert (out / "loss_curves.png").stat().st_size > 0 and "| grown | `default` |" in (out / "results.md").read_text()
     again = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
     assert again.stdout.count("finished earlier, reused") == 5 and "reused" not in first.stdout
+    # a mode this recipe cannot run (no room for the moment warm-up in 20 steps) is refused before any run
+    refused = subprocess.run([*command[:command.index("--modes") + 1], "default,warmup",
+                              *command[command.index("--modes") + 2:], f"--out={tmp_path / 'refused'}"],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and "mode warmup for the grown model" in refused.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 def test_a_run_from_before_the_continued_schedule_is_not_resumed_under_it():

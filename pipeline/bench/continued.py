@@ -132,19 +132,20 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or not modes:
         sys.exit(f"bench error: --modes {args.modes!r}: choose from {list(MODES)}")
     out = Path(args.out)
-    results: dict[str, dict] = {}
+    # Mode by mode, the pair together: a benchmark stopped early still compares like with like.
+    runs = [(model, mode, [*overrides, f"train.init_from={model_dir}", *SHAPE_FROM_CHECKPOINT, "data.start=0",
+                           *MODES[mode][1]])
+            for mode in modes for model, model_dir in (("grown", args.grown), ("donor", args.donor))
+            if not (model == "donor" and mode in MODES_SAME_AS_DEFAULT_FOR_A_DONOR)]
     try:
-        # Mode by mode, the pair together: a benchmark stopped early still compares like with like.
-        for mode in modes:
-            for model, model_dir in (("grown", args.grown), ("donor", args.donor)):
-                if model == "donor" and mode in MODES_SAME_AS_DEFAULT_FOR_A_DONOR:
-                    continue
-                run = [*overrides, f"train.init_from={model_dir}", *SHAPE_FROM_CHECKPOINT, "data.start=0",
-                       *MODES[mode][1]]
-                records = run_mode(args.config, run, out / f"{model}-{mode}", args.steps, args.ranks)
-                results.setdefault(model, {})[mode] = summary_row(records)
+        for model, mode, run in runs:  # every run's config checked before the first one trains
+            load_config(args.config, run)
     except ConfigError as err:
-        sys.exit(f"bench error: {err}")
+        sys.exit(f"bench error: mode {mode} for the {model} model: {err}")
+    results: dict[str, dict] = {}
+    for model, mode, run in runs:
+        records = run_mode(args.config, run, out / f"{model}-{mode}", args.steps, args.ranks)
+        results.setdefault(model, {})[mode] = summary_row(records)
     command = "python -m pipeline.bench continued " + shlex.join(sys.argv[1:])
     table = f"Continued pretraining, {datetime.date.today()}: `{command}`\n\n" + markdown(results)
     (out / "results.md").write_text(table)
