@@ -96,9 +96,13 @@ def test_continued_benchmark_runs_each_mode_from_both_models(prepared, tmp_path)
                     "model.size=llama-nano", "model.hidden=192", "model.heads=6", "model.kv_heads=3",
                     f"grow.donor={donor}/hf", "grow.steps=0"], check=True, cwd=ROOT, capture_output=True)
     out = tmp_path / "bench"
-    command = [sys.executable, "-m", "pipeline.bench", "continued", "--config", "tiny", "--donor", f"{donor}/hf",
-               "--grown", f"{grown}/hf", "--modes", "recipe,at-once,default", "--steps", "2", "--out", str(out), *base,
-               "train.steps=20", "train.eval_interval=1"]
+
+    def bench_command(modes, bench_out):
+        return [sys.executable, "-m", "pipeline.bench", "continued", "--config", "tiny", "--donor", f"{donor}/hf",
+                "--grown", f"{grown}/hf", "--modes", modes, "--steps", "2", "--out", str(bench_out), *base,
+                "train.steps=20", "train.eval_interval=1"]
+
+    command = bench_command("recipe,at-once,default", out)
     first = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
     results = json.loads((out / "results.json").read_text())["results"]
     for model in ("grown", "donor"):
@@ -115,9 +119,8 @@ def test_continued_benchmark_runs_each_mode_from_both_models(prepared, tmp_path)
     again = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
     assert again.stdout.count("finished earlier, reused") == 5 and "reused" not in first.stdout
     # a mode this recipe cannot run (no room for the moment warm-up in 20 steps) is refused before any run
-    refused = subprocess.run([*command[:command.index("--modes") + 1], "default,warmup",
-                              *command[command.index("--modes") + 2:], f"--out={tmp_path / 'refused'}"],
-                             cwd=ROOT, capture_output=True, text=True)
+    refused = subprocess.run(bench_command("default,warmup", tmp_path / "refused"), cwd=ROOT, capture_output=True,
+                             text=True)
     assert refused.returncode != 0 and "mode warmup for the grown model" in refused.stderr
     assert not (tmp_path / "refused").exists()
 
