@@ -64,7 +64,14 @@ from pipeline.engine import (
 )
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
 from pipeline.metrics import MetricsLogger
-from pipeline.models.hf import build_model, checkpoint_config, hf_config, shape_of, special_token_ids
+from pipeline.models.hf import (
+    build_model,
+    checkpoint_config,
+    enable_activation_checkpointing,
+    hf_config,
+    shape_of,
+    special_token_ids,
+)
 from pipeline.models.sizes import resolve_shape
 from pipeline.optimizer_state import SavedState, install_saved_state, read_saved_state
 from pipeline.preemption import StopRequest
@@ -134,7 +141,7 @@ class PretrainStage:
         if init_from and partitioned:
             checkpoint.load_hf_partitions(model, Path(init_from))
         if config.model.activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         return model
 
     def build_engine(self, model: torch.nn.Module, train: TrainConfig, ds: dict, first_step: int = 0):

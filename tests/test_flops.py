@@ -4,7 +4,7 @@ from deepspeed.profiling.flops_profiler import get_model_profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.flops import matmul_parameters, recompute_flops_per_token, training_flops_per_token
-from pipeline.models.hf import build_model, hf_config
+from pipeline.models.hf import build_model, enable_activation_checkpointing, hf_config
 from pipeline.models.sizes import SIZES
 
 
@@ -35,7 +35,7 @@ def test_recompute_flops_are_what_activation_checkpointing_adds(size):
     counted = []
     for checkpointing in (False, True):
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         with FlopCounterMode(display=False) as counter:
             model(input_ids=ids, labels=ids).loss.backward()
         counted.append(counter.get_total_flops())

@@ -1,11 +1,13 @@
 import math
+import warnings
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from pipeline.config import load_config
-from pipeline.models.hf import build_model, hf_config
+from pipeline.models.hf import build_model, enable_activation_checkpointing, hf_config
 from pipeline.models.sizes import SIZES, resolve_shape
 
 TOKEN_IDS = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
@@ -74,3 +76,15 @@ def test_step0_loss_near_uniform(size):
     ids = torch.randint(0, 2048, (4, 64))
     loss = model(input_ids=ids, labels=ids).loss.item()
     assert abs(loss - math.log(2048)) < 0.1 * math.log(2048)
+
+
+@pytest.mark.parametrize("size", ["gpt2-nano", "llama-nano"])
+def test_activation_checkpointing_switches_on_without_a_deprecated_call(size):
+    """Under the locked transformers the switch goes through the current API (the old name warns and
+    is gone in v6); every block then recomputes."""
+    model = _build(size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        enable_activation_checkpointing(model)
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert len(blocks) == model.config.num_hidden_layers and all(b.gradient_checkpointing for b in blocks)

@@ -59,6 +59,17 @@ def build_model(config: PretrainedConfig | None, init_from: str | None = None) -
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def enable_activation_checkpointing(model: transformers.PreTrainedModel) -> None:
+    """Recompute each block's activations in backward (non-reentrant, which ZeRO-3 needs). transformers
+    5.23 renamed the switch to activation_checkpointing_enable and deprecates the old name (gone in v6);
+    older 5.x have only the old one, and pyproject allows them."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def save_initialized_model(shape: ModelShape, tokenizer, vocab_size: int, out_dir, seed: int) -> None:
     """A freshly initialized model of `shape` with `tokenizer`, written as an HF dir: an untrained donor
     (the growth benchmark's control; the grow-cost benchmark, whose timing does not depend on weights)."""
