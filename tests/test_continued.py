@@ -163,3 +163,22 @@ def test_the_continued_settings_do_not_invalidate_a_random_init_run():
     grown_changed = load_config("tiny", ["train.init_from=x", *overrides]).to_dict()
     assert breaking_changes(grown, grown_changed, ()) == ["train.continued.lr_ratio: 1.0 -> 0.5",
                                                           "train.init_optimizer: 'auto' -> 'fresh'"]
+
+
+def test_the_continued_benchmark_reruns_a_mode_that_failed_before_it_logged(tmp_path, monkeypatch):
+    """A run refused at its checks (say, disk space) leaves its config but no metrics: the benchmark run
+    again trains it instead of failing on the missing metrics."""
+    from pipeline.bench import continued
+
+    run_dir = tmp_path / "grown-default"
+    run_dir.mkdir()
+    load_config("tiny", [f"run.dir={run_dir}"]).save(run_dir / "config.yaml")
+    launched = []
+
+    def train(module, args, ranks, log):
+        launched.append(module)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 2, "val/loss": 1.0}) + "\n")
+
+    monkeypatch.setattr(continued, "run_stage_job", train)
+    assert continued.run_mode("tiny", [], run_dir, 2, 1) == [{"step": 2, "val/loss": 1.0}]
+    assert launched == ["train"]

@@ -68,7 +68,9 @@ def run_mode(recipe: str, overrides: list[str], run_dir: Path, steps: int | None
     """One train stage from a model dir, or its finished metrics if an identical run already finished."""
     config = load_config(recipe, [*overrides, f"run.dir={run_dir}"])
     last = steps or config.train.steps
-    if (run_dir / "config.yaml").exists() and any(r["step"] == last for r in read_metrics(run_dir)):
+    # a run refused at its checks (disk space, say) leaves its config.yaml but no metrics
+    logged = (run_dir / "config.yaml").exists() and (run_dir / "metrics.jsonl").exists()
+    if logged and any(r["step"] == last for r in read_metrics(run_dir)):
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         if not breaking_changes(saved, config.to_dict(), PretrainStage.unread_sections):
             print(f"[bench] {run_dir}: finished earlier, reused", flush=True)
