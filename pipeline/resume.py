@@ -126,11 +126,11 @@ def _check_writable(run_dir: Path) -> None:
 
 
 def checkpoints_to_hold(keep: int, first_step: int, steps: int, interval: int) -> int:
-    """The most checkpoints of a run needing disk at once: the `keep` newest plus the one being written,
-    or, with keep_checkpoints=0 (keep all), every one still to be written (each interval and the end)."""
-    if keep:
-        return keep + 1
-    return max(1, steps // interval - first_step // interval + (1 if steps % interval else 0))
+    """The most new checkpoints of a run needing disk at once: every one still to be written (each
+    interval and the end), at most the `keep` newest plus the one being written (keep_checkpoints=0
+    keeps all)."""
+    to_write = max(1, steps // interval - first_step // interval + (1 if steps % interval else 0))
+    return min(keep + 1, to_write) if keep else to_write
 
 
 def check_disk_space(run_dir: Path, checkpoint_bytes: int, checkpoints: int, swap_bytes: int = 0) -> None:

@@ -123,9 +123,12 @@ def test_disk_space_shortfall(tmp_path):
         check_disk_space(tmp_path, checkpoint_bytes=free // 8, checkpoints=4, swap_bytes=free)
 
 
-def test_keeping_every_checkpoint_budgets_every_checkpoint():
-    """keep_checkpoints=0 keeps all: the disk must hold every checkpoint still to come, not 2."""
+def test_the_disk_budget_counts_the_checkpoints_a_run_holds():
+    """keep_checkpoints=0 keeps all: the disk must hold every checkpoint still to come, not 2; a run
+    that writes fewer than keep + 1 (a short run from a big model) is not refused for the rest."""
     assert checkpoints_to_hold(keep=3, first_step=0, steps=1000, interval=100) == 4  # 3 kept + 1 being written
     assert checkpoints_to_hold(keep=0, first_step=0, steps=1000, interval=100) == 10
     assert checkpoints_to_hold(keep=0, first_step=0, steps=1050, interval=100) == 11  # and the final one
     assert checkpoints_to_hold(keep=0, first_step=400, steps=1000, interval=100) == 6  # resumed at 400
+    assert checkpoints_to_hold(keep=3, first_step=0, steps=20, interval=100) == 1  # only the final one
+    assert checkpoints_to_hold(keep=3, first_step=850, steps=1000, interval=100) == 2  # 900 and the end
