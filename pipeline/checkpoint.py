@@ -217,15 +217,15 @@ def save_hf_model(engine, hf_config, tokenizer, out_dir: Path, rank: int) -> Non
     write_hf_dir(full_fp32_parameters(engine, rank), hf_config, tokenizer, out_dir, rank)
 
 
-def save_optimizer_file(engine, out_dir: Path, rank: int) -> None:
+def save_optimizer_file(engine, out_dir: Path, rank: int, tokens_per_step: int) -> None:
     """AdamW's moments, one parameter at a time, into <out_dir>/optimizer/adamw.safetensors (see
-    pipeline/optimizer_state.py). Collective. Written before the weights: config.json, written last,
-    marks the whole dir complete."""
+    pipeline/optimizer_state.py), with the tokens per step they were gathered at. Collective. Written
+    before the weights: config.json, written last, marks the whole dir complete."""
     step = optimizer_step_count(engine)
     entries = ((f"{name}.{key}", value) for name, *values in full_moments(engine, rank)
                for key, value in zip(MOMENTS, values))
     betas = engine.client_optimizer.param_groups[0]["betas"]
-    write_optimizer_file(entries, optimizer_metadata(step or 0, betas), out_dir, rank)
+    write_optimizer_file(entries, optimizer_metadata(step or 0, betas, tokens_per_step), out_dir, rank)
 
 
 def write_optimizer_file(entries, metadata: dict[str, str], out_dir: Path, rank: int) -> None:

@@ -1,8 +1,8 @@
 """AdamW's state by parameter name, in and out of a DeepSpeed engine (ZeRO 0-3, fp32 or bf16).
 
 A run exports its optimizer's moments beside its final weights, `<hf>/optimizer/adamw.safetensors`:
-tensors "<HF name>.exp_avg" and "<HF name>.exp_avg_sq" (fp32, full shape), the step count and betas in
-the metadata. The grow stage writes the same file for a grown model (the donor's moments mapped through
+tensors "<HF name>.exp_avg" and "<HF name>.exp_avg_sq" (fp32, full shape), the step count, betas and
+tokens per step (the batch the moments were gathered at) in the metadata. The grow stage writes the same file for a grown model (the donor's moments mapped through
 growth, pipeline/growth/moments.py), adding "<name>.lr_scale" (a per-coordinate LR factor) and
 "<name>.new" (coordinates that have no donor counterpart). A fresh run whose train.init_from carries
 the file starts its AdamW from it (train.init_optimizer=auto): moments and step count copied into each
@@ -73,6 +73,7 @@ class SavedState:
     path: Path
     step: int
     names: set[str]
+    tokens_per_step: int | None  # None in files written before it was recorded
 
     def get(self, name: str) -> torch.Tensor | None:
         if name not in self.names:
@@ -95,7 +96,20 @@ def read_saved_state(model_dir: str | Path) -> SavedState | None:
     if "step" not in meta:
         raise ConfigError(f"{path} has no step count in its metadata: not an optimizer file of this pipeline; "
                           f"remove it or set train.init_optimizer=fresh")
-    return SavedState(path, int(meta["step"]), names)
+    tokens = meta.get("tokens_per_step")
+    return SavedState(path, int(meta["step"]), names, int(tokens) if tokens else None)
+
+
+def batch_change_note(saved: SavedState, tokens_per_step: int) -> str | None:
+    """What to expect when a run continues from moments gathered at a larger batch: the model climbs by
+    itself at first (a real-size donor continued at half its batch: +0.024, at its own: +0.010; a lower
+    LR or rescaled moments did not remove it: benchmarks/2026-12-04-continued-real-size-batch.md). A
+    larger batch than the donor's is not measured: no note."""
+    if saved.tokens_per_step is None or tokens_per_step >= saved.tokens_per_step:
+        return None
+    return (f"the moments in {saved.path} were gathered at {saved.tokens_per_step:,} tokens per step, this run "
+            f"takes {tokens_per_step:,}: a trained model continued at a smaller batch than its own climbs by "
+            f"itself at first (docs/stages.md); keep the donor's batch to avoid it")
 
 
 def install_saved_state(engine, saved: SavedState, moments: bool, lr_scales: bool, new_lr_scale: float,
@@ -172,5 +186,5 @@ def optimizer_step_count(engine) -> int | None:
     return None
 
 
-def optimizer_metadata(step: int, betas: tuple[float, float]) -> dict[str, str]:
-    return {"step": str(step), "betas": json.dumps(list(betas))}
+def optimizer_metadata(step: int, betas: tuple[float, float], tokens_per_step: int) -> dict[str, str]:
+    return {"step": str(step), "betas": json.dumps(list(betas)), "tokens_per_step": str(tokens_per_step)}

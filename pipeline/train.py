@@ -73,7 +73,7 @@ from pipeline.models.hf import (
     special_token_ids,
 )
 from pipeline.models.sizes import resolve_shape
-from pipeline.optimizer_state import SavedState, install_saved_state, read_saved_state
+from pipeline.optimizer_state import SavedState, batch_change_note, install_saved_state, read_saved_state
 from pipeline.preemption import StopRequest
 from pipeline.preflight import agreed_value, all_ranks_agree
 from pipeline.resume import check_disk_space, check_launch, checkpoints_to_hold, prepare_run_dir
@@ -176,7 +176,7 @@ class PretrainStage:
                 if trainer.rank == 0:  # its states live in DeepSpeed's swap buffers, laid out its own way
                     print(f"[{self.name}] AdamW's moments are not exported: the optimizer is offloaded", flush=True)
             elif t.save_hf_optimizer:
-                checkpoint.save_optimizer_file(trainer.engine, hf_dir, trainer.rank)
+                checkpoint.save_optimizer_file(trainer.engine, hf_dir, trainer.rank, trainer.tokens_per_step)
             checkpoint.save_hf_model(trainer.engine, trainer.engine.module.config, trainer.tokenizer,
                                      hf_dir, trainer.rank)
 
@@ -306,6 +306,9 @@ class Trainer:
             if self.rank == 0 and self.resume_from is None:
                 print(f"[{self.stage.name}] AdamW starts from {saved.path} (step {saved.step}"
                       f"{', per-coordinate LR scales' if lr_scales and saved.has_lr_scales else ''})", flush=True)
+                note = batch_change_note(saved, self.tokens_per_step)
+                if note:
+                    print(f"[{self.stage.name}] note: {note}", flush=True)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, 0 if self.resume_from is None else self.progress["step"])
         self.stop = StopRequest(t.preemption_grace_s)
         self.skipped_in_a_row = 0

@@ -15,7 +15,7 @@ from pipeline.growth.operator import GrowthOperator, GrowthPlan, grown_config, o
 from pipeline.metrics import read_metrics
 from pipeline.models.hf import HFWeights, shape_of
 from pipeline.models.sizes import ModelShape
-from pipeline.optimizer_state import read_saved_state
+from pipeline.optimizer_state import SavedState, batch_change_note, read_saved_state
 from test_growth import VOCAB, make_donor, materialized
 
 LR, BETAS, DECAY = 1e-3, (0.9, 0.95), 0.1
@@ -221,6 +221,13 @@ def val_losses(run_dir):
     return {r["step"]: r["val/loss"] for r in read_metrics(run_dir) if "val/loss" in r}
 
 
+def test_a_run_at_a_smaller_batch_than_the_moments_is_told_what_to_expect(tmp_path):
+    saved = SavedState(tmp_path / "adamw.safetensors", 150, set(), tokens_per_step=2048)
+    assert batch_change_note(saved, 2048) is None and batch_change_note(saved, 4096) is None  # larger: not measured
+    assert "2,048 tokens per step, this run takes 1,024" in batch_change_note(saved, 1024)
+    assert batch_change_note(SavedState(saved.path, 150, set(), tokens_per_step=None), 1024) is None  # not recorded
+
+
 @pytest.mark.distributed
 def test_grown_run_takes_the_donors_step_through_zero3_and_resumes_exactly(prepared, tmp_path):
     root, _, _ = prepared
@@ -229,11 +236,13 @@ def test_grown_run_takes_the_donors_step_through_zero3_and_resumes_exactly(prepa
           "train.eval_interval=8", "train.deepspeed_config=zero2")
     saved = read_saved_state(donor / "hf")
     assert saved.step == 8 and not saved.has_lr_scales
+    assert saved.tokens_per_step == 2 * 8 * 128  # 2 ranks x the tiny recipe's micro batch x seq_len
     assert len(saved.names) == 2 * len(HFWeights(donor / "hf").files)
     grow = tmp_path / "grow"
     out = stage("grow", grow, root, "model.size=llama-nano", *GROWN, f"grow.donor={donor}/hf", "grow.steps=0")
     assert "mapped exactly" in out.stdout
     assert read_saved_state(grow / "hf").has_lr_scales
+    assert read_saved_state(grow / "hf").tokens_per_step == saved.tokens_per_step  # the donor's batch, through growth
 
     # one step from the donor's own moments vs one step of the grown model (new units held still):
     # the same batch, LR and function, so the same validation loss after it
@@ -241,7 +250,7 @@ def test_grown_run_takes_the_donors_step_through_zero3_and_resumes_exactly(prepa
                 "--until-step", "1"]
     continued = stage("train", tmp_path / "donor-continued", root, "model.size=null", f"train.init_from={donor}/hf",
                       *one_step)
-    assert "AdamW starts from" in continued.stdout
+    assert "AdamW starts from" in continued.stdout and "tokens per step" not in continued.stdout  # same batch
     stage("train", tmp_path / "grown-exact", root, "model.size=null", f"train.init_from={grow}/hf",
           "train.continued.new_units_lr_scale=0", *one_step)
     donor_losses, grown_losses = val_losses(tmp_path / "donor-continued"), val_losses(tmp_path / "grown-exact")
