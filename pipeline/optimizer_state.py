@@ -2,11 +2,12 @@
 
 A run exports its optimizer's moments beside its final weights, `<hf>/optimizer/adamw.safetensors`:
 tensors "<HF name>.exp_avg" and "<HF name>.exp_avg_sq" (fp32, full shape), the step count, betas and
-tokens per step (the batch the moments were gathered at) in the metadata. The grow stage writes the same file for a grown model (the donor's moments mapped through
-growth, pipeline/growth/moments.py), adding "<name>.lr_scale" (a per-coordinate LR factor) and
-"<name>.new" (coordinates that have no donor counterpart). A fresh run whose train.init_from carries
-the file starts its AdamW from it (train.init_optimizer=auto): moments and step count copied into each
-rank's optimizer partitions, LR scales handed to pipeline.engine.AdamW.
+tokens per step (the batch the moments were gathered at) in the metadata. The grow stage writes the
+same file for a grown model (the donor's moments mapped through growth, pipeline/growth/moments.py),
+adding "<name>.lr_scale" (a per-coordinate LR factor) and "<name>.new" (coordinates that have no donor
+counterpart). A fresh run whose train.init_from carries the file starts its AdamW from it
+(train.init_optimizer=auto): moments and step count copied into each rank's optimizer partitions, LR
+scales handed to pipeline.engine.AdamW.
 
 The moments live where DeepSpeed keeps them: one flat fp32 tensor per parameter group and rank (ZeRO
 1-2, bf16), per sub-group (ZeRO-3), or the parameters themselves (ZeRO-0 fp32). `local_pieces` says
