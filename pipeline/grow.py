@@ -171,6 +171,7 @@ class GrowStage(PretrainStage):
                 groups.setdefault((fan_in, train.weight_decay if matrix else 0.0), []).append(param)
         engine = build_engine(model, train, ds, [{"params": params, "lr": train.lr / fan_in, "weight_decay": decay}
                                                  for (fan_in, decay), params in sorted(groups.items())], first_step)
+        model.buffers_to(engine.device)
         if ds.get("bf16", {}).get("enabled"):
             set_master_weights(engine, ((f"operator.{name}", value)
                                         for name, value in operator_init(self.plan, self.adapter).named_values()))

@@ -403,3 +403,22 @@ def test_eval_mode_reaches_the_generated_target():
         torch.testing.assert_close(model(ids).logits, donor(ids).logits, rtol=1e-5, atol=1e-5)
         model.train()
         assert not torch.equal(model(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("case", ["llama non-integer width, depth 2->3", "gpt2 non-integer width"])
+def test_buffers_follow_the_parameters_to_the_accelerator(case):
+    """On a GPU, ZeRO-3 leaves a model built under zero.Init where it is: parameters on the accelerator,
+    buffers made from CPU tensors (the frozen donor, the skeleton's rotary tables) on the CPU, and the
+    grow stage's first forward failed (seen on an H200). buffers_to moves every buffer a forward reads;
+    the meta device stands for the accelerator here (it mixes with CPU tensors without an error, so a
+    forward on it would not show a buffer left behind)."""
+    donor_shape, target = TARGETS[case]
+    model = GrownModel(*grow(make_donor(donor_shape), target))
+
+    def devices():
+        return {b.device.type for b in [*model.operator.buffers(), *model.skeleton.buffers()]}
+
+    assert "cpu" in devices()
+    model.buffers_to("meta")
+    assert devices() == {"meta"}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}  # parameters are ZeRO's to place

@@ -210,11 +210,13 @@ def original_units(p: torch.Tensor) -> torch.Tensor:
     """For each target unit: is it the first copy of a donor unit? (one-hot rows; for blended rows,
     the first N1 units, which the random expansion keeps as the identity)."""
     n2, n1 = p.shape
+    # device given: inside DeepSpeed's zero.Init torch.arange/full default to the accelerator, p stays on the CPU
+    units = torch.arange(n2, device=p.device)
     if not ((p == 0) | (p == 1)).all() or not (p.sum(dim=1) == 1).all():
-        return torch.arange(n2) < n1
+        return units < n1
     sources = p.argmax(dim=1)
-    first = torch.full((n1,), n2).scatter_reduce(0, sources, torch.arange(n2), reduce="amin")
-    return torch.arange(n2) == first[sources]
+    first = torch.full((n1,), n2, device=p.device).scatter_reduce(0, sources, units, reduce="amin")
+    return units == first[sources]
 
 
 def equal_copies(sources: list[int], n1: int) -> bool:

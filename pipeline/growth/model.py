@@ -127,6 +127,16 @@ class GrownModel(nn.Module):
         self.skeleton.train(mode)
         return self
 
+    def buffers_to(self, device: torch.device | str) -> None:
+        """Moves every real buffer (the operator's frozen donor and unit masks, the skeleton's rotary
+        tables) to `device`. DeepSpeed moves a model to the accelerator only when it was not built under
+        ZeRO-3's zero.Init (whose partitioned parameters are there already, its buffers made from CPU
+        tensors are not), and the skeleton, not a submodule, is never moved by anyone."""
+        for module in [*self.operator.modules(), *self.skeleton.modules()]:
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer.device.type != "meta":
+                    setattr(module, name, buffer.to(device))
+
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None):
         return self.skeleton(input_ids=input_ids, labels=labels, use_cache=False)
 
