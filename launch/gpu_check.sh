@@ -7,45 +7,71 @@
 #      both under ZeRO-3 bf16 (NCCL)
 #   and prints, per stage, tokens/s, MFU (against the GPU's datasheet bf16 peak) and peak memory per rank.
 #   bash launch/gpu_check.sh                 (NUM_GPUS=1 by default; outputs in runs/gpu-check/)
-#   WHEELS=dir bash launch/gpu_check.sh      (offline: first installs the pipeline's dependencies from the
-#                                             wheels in dir, made elsewhere with `pip download -d dir deepspeed
-#                                             datasets sentencepiece tensorboard accelerate huggingface_hub setuptools wheel`)
+#   The two parts run independently, the 360M one first (a failure in one still measures the other); it exits
+#   non-zero naming the parts that failed, after the summary of what did run.
+#   WHEELS=dir bash launch/gpu_check.sh      (offline: first installs every wheel in dir, without dependencies,
+#                                             into runs/gpu-check-site; make them elsewhere: docs/launching.md)
 # Uses the python of .venv when there is one, else python3 (with torch and transformers installed).
-set -euo pipefail
+set -uo pipefail  # not -e here: each part sets it in its own subshell (below)
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 if [ -n "${WHEELS:-}" ]; then
-  "$PY" -m pip install -q --no-index --find-links "$WHEELS" deepspeed datasets sentencepiece tensorboard accelerate \
-      huggingface_hub
+  # --no-deps into a folder of its own: the machine's packages stay as they are, and pip does not try to
+  # resolve (offline) a newer version of something already there
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target runs/gpu-check-site "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH=$PWD/runs/gpu-check-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1
 LAUNCH="$PY -m deepspeed.launcher.runner --num_gpus ${NUM_GPUS:-1} --master_port ${MASTER_PORT:-29521}"
 RUNS=runs/gpu-check
 BF16=train.deepspeed_config=zero3_bf16
 
-# 1. the tiny pipeline
-"$PY" -m pipeline.prepare --config tiny
-$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=$RUNS/tiny-donor model.size=llama-nano \
-    train.steps=300 $BF16
-$LAUNCH --module pipeline.grow --config tiny --resume auto run.dir=$RUNS/tiny-grow grow.donor=$RUNS/tiny-donor/hf $BF16
-$LAUNCH --module pipeline.train --config tiny --resume auto run.dir=$RUNS/tiny-grown train.init_from=$RUNS/tiny-grow/hf \
-    model.size=null $BF16
+tiny_pipeline() {
+  set -e
+  "$PY" -m pipeline.prepare --config tiny
+  $LAUNCH --module pipeline.train --config tiny --resume auto run.dir=$RUNS/tiny-donor model.size=llama-nano \
+      train.steps=300 $BF16
+  $LAUNCH --module pipeline.grow --config tiny --resume auto run.dir=$RUNS/tiny-grow grow.donor=$RUNS/tiny-donor/hf $BF16
+  $LAUNCH --module pipeline.train --config tiny --resume auto run.dir=$RUNS/tiny-grown train.init_from=$RUNS/tiny-grow/hf \
+      model.size=null $BF16
+}
 
-# 2. 360M-class, 2048-token samples (the billion-gpu recipe's data)
-"$PY" -m pipeline.prepare --config billion-gpu
-BATCH="train.micro_batch_size=8 train.grad_accum_steps=1"
-$LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/donor-135m model.size=llama-135m \
-    $BF16 $BATCH train.steps=1 train.warmup_steps=0 train.eval_interval=1 train.checkpoint_interval=1
-$LAUNCH --module pipeline.grow --config billion-gpu --resume auto run.dir=$RUNS/grow-360m grow.donor=$RUNS/donor-135m/hf \
-    model.size=llama-360m $BF16 $BATCH grow.steps=10
-$LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/train-360m \
-    train.init_from=$RUNS/grow-360m/hf model.size=null $BF16 $BATCH train.steps=30 train.warmup_steps=5 train.eval_interval=30 \
-    train.checkpoint_interval=30
+# 360M-class, 2048-token samples (the billion-gpu recipe's data)
+grow_360m() {
+  set -e
+  "$PY" -m pipeline.prepare --config billion-gpu
+  local BATCH="train.micro_batch_size=8 train.grad_accum_steps=1"
+  $LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/donor-135m model.size=llama-135m \
+      $BF16 $BATCH train.steps=1 train.warmup_steps=0 train.eval_interval=1 train.checkpoint_interval=1
+  $LAUNCH --module pipeline.grow --config billion-gpu --resume auto run.dir=$RUNS/grow-360m grow.donor=$RUNS/donor-135m/hf \
+      model.size=llama-360m $BF16 $BATCH grow.steps=10
+  $LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/train-360m \
+      train.init_from=$RUNS/grow-360m/hf model.size=null $BF16 $BATCH train.steps=30 train.warmup_steps=5 train.eval_interval=30 \
+      train.checkpoint_interval=30
+}
+
+"$PY" -c "import torch, deepspeed, transformers; print('[gpu-check]', torch.cuda.get_device_name(), 'torch',
+    torch.__version__, 'deepspeed', deepspeed.__version__, 'transformers', transformers.__version__)" || exit 1
+failed=""
+for part in grow_360m tiny_pipeline; do  # the 360M numbers first: they matter most
+  started=$SECONDS
+  # a subshell run as a plain command, so that the `set -e` inside it takes effect (in `( ) || ...` it would not)
+  ( "$part" )
+  status=$?
+  echo "[gpu-check] $part: exit status $status after $((SECONDS - started)) s"
+  [ "$status" -eq 0 ] || failed="$failed $part"
+done
 
 "$PY" - <<'PY'
+import os
+
 from pipeline.metrics import read_metrics
+
 for run in ("tiny-donor", "tiny-grow", "tiny-grown", "donor-135m", "grow-360m", "train-360m"):
+    if not os.path.exists(f"runs/gpu-check/{run}/metrics.jsonl"):
+        print(f"[gpu-check] {run}: no metrics (the stage did not run or failed before its first step)")
+        continue
     records = read_metrics(f"runs/gpu-check/{run}")
     perf = [r for r in records if "perf/tokens_per_s" in r]
     val = [round(r["val/loss"], 3) for r in records if "val/loss" in r]
@@ -54,3 +80,4 @@ for run in ("tiny-donor", "tiny-grow", "tiny-grown", "donor-135m", "grow-360m", 
              else "too few steps for throughput")
     print(f"[gpu-check] {run}: {speed}, peak memory per rank {peak:.2f} GB, validation loss {val}")
 PY
+[ -z "$failed" ] || { echo "[gpu-check] failed:$failed"; exit 1; }
