@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, BertConfig
 
 from pipeline.config import ConfigError, load_config
 from pipeline.growth.adapters import adapter_for
-from pipeline.growth.init import depth_sources, head_sources
+from pipeline.growth.init import depth_sources, head_sources, original_units
 from pipeline.growth.model import GrownModel
 from pipeline.growth.operator import GrowthOperator, GrowthPlan, generation_flops, grown_config
 from pipeline.models.hf import build_model, hf_config, shape_of
@@ -422,3 +422,13 @@ def test_buffers_follow_the_parameters_to_the_accelerator(case):
     model.buffers_to("meta")
     assert devices() == {"meta"}
     assert {p.device.type for p in model.parameters()} == {"cpu"}  # parameters are ZeRO's to place
+
+
+def test_original_units_stay_on_their_inputs_device():
+    """Inside ZeRO-3's zero.Init, torch.arange/full default to the accelerator while the operator's
+    init matrices are on the CPU: the first GPU run crashed there. A default device of meta stands in."""
+    copies = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # unit 2 copies unit 0 again
+    blended = torch.tensor([[0.5, 0.5], [0.0, 1.0], [1.0, 0.0]])
+    with torch.device("meta"):
+        assert original_units(copies).tolist() == [True, True, False]
+        assert original_units(blended).tolist() == [True, True, False]  # the first N1 units
