@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The first numbers from a GPU machine, with no network, in under ~10 minutes on one GPU:
-#   1. the tiny pipeline on the GPU: prepare -> donor (llama-nano) -> LiGO grow -> train the grown llama-micro
+#   1. the tiny pipeline on the GPU: prepare -> donor (llama-nano) -> LiGO grow -> train the grown llama-micro (run second)
 #   2. a 360M-class growth: a llama-135m donor (SmolLM-135M's shape; its weights from 1 training step:
 #      this measures the path and its speed, not quality) grown with LiGO into llama-360m (SmolLM-360M's:
 #      32 x 960, 15/5 heads) for 10 operator steps, then 30 training steps of 8 x 2048 tokens per GPU,
