@@ -4,7 +4,7 @@
 #   2. a 360M-class growth: a llama-135m donor (SmolLM-135M's shape; its weights from 1 training step:
 #      this measures the path and its speed, not quality) grown with LiGO into llama-360m (SmolLM-360M's:
 #      32 x 960, 15/5 heads) for 10 operator steps, then 30 training steps of 8 x 2048 tokens per GPU,
-#      both under ZeRO-3 bf16 (NCCL)
+#      both under ZeRO-3 bf16 (NCCL), and 20 of those training steps under ZeRO-2 bf16 to compare
 #   and prints, per stage, tokens/s, MFU (against the GPU's datasheet bf16 peak) and peak memory per rank.
 #   bash launch/gpu_check.sh                 (NUM_GPUS=1 by default; outputs in runs/gpu-check/)
 #   The two parts run independently, the 360M one first (a failure in one still measures the other); it exits
@@ -49,6 +49,10 @@ grow_360m() {
   $LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/train-360m \
       train.init_from=$RUNS/grow-360m/hf model.size=null $BF16 $BATCH train.steps=30 train.warmup_steps=5 train.eval_interval=30 \
       train.checkpoint_interval=30
+  # the same model under ZeRO-2 (it fits one GPU whole): what ZeRO-3's per-module gathers cost there
+  $LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/train-360m-zero2 \
+      train.init_from=$RUNS/grow-360m/hf model.size=null train.deepspeed_config=zero2_bf16 $BATCH train.steps=20 \
+      train.warmup_steps=5 train.eval_interval=20 train.checkpoint_interval=20
 }
 
 "$PY" -c "import torch, deepspeed, transformers; print('[gpu-check]', torch.cuda.get_device_name(), 'torch',
@@ -68,7 +72,7 @@ import os
 
 from pipeline.metrics import read_metrics
 
-for run in ("tiny-donor", "tiny-grow", "tiny-grown", "donor-135m", "grow-360m", "train-360m"):
+for run in ("tiny-donor", "tiny-grow", "tiny-grown", "donor-135m", "grow-360m", "train-360m", "train-360m-zero2"):
     if not os.path.exists(f"runs/gpu-check/{run}/metrics.jsonl"):
         print(f"[gpu-check] {run}: no metrics (the stage did not run or failed before its first step)")
         continue
