@@ -5,6 +5,7 @@ ZeRO-3 partitioned model construction, optimizer + LR schedule, and the engine.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import resource
@@ -362,8 +363,18 @@ class WeightMasks:
                 mask = mask.to(weights.device).view(weights.shape)
                 weights.data.mul_(mask)
                 self.masked.append((param, mask))
-                if not self.partitioned:  # masked_fill: a non-finite gradient must not reach a pruned weight
-                    param.register_hook(lambda grad, mask=mask: grad.masked_fill(~mask, 0))
+                if not self.partitioned:
+                    param.register_hook(functools.partial(self._mask_gradient, len(self.masked) - 1))
+
+    def _mask_gradient(self, index: int, grad: torch.Tensor) -> torch.Tensor:
+        """ZeRO 0-2's hook. masked_fill, not a product: a non-finite gradient must not reach a pruned
+        weight. The mask was made where the module was before the engine moved it to the accelerator:
+        it follows the gradient there once."""
+        param, mask = self.masked[index]
+        if mask.device != grad.device:
+            mask = mask.to(grad.device)
+            self.masked[index] = (param, mask)
+        return grad.masked_fill(~mask, 0)
 
     def before_update(self) -> None:
         if self.partitioned:

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import data_overrides, run_deepspeed
 from pipeline.config import ConfigError, load_config
+from pipeline.engine import WeightMasks
 from pipeline.lottery import DEFAULT_INCLUDE
 from pipeline.lottery.masks import full_masks, magnitude_masks, prunable_names, random_masks_like
 
@@ -75,6 +76,20 @@ def test_random_prune_control_keeps_per_tensor_counts_at_other_positions():
         assert int(control[name].sum()) == int(ticket[name].sum())
         assert not torch.equal(control[name], ticket[name])
     assert all(torch.equal(control[n], m) for n, m in random_masks_like(ticket, seed=3).items())  # seeded
+
+
+def test_gradient_masks_follow_the_gradient_to_the_accelerator():
+    """ZeRO 0-2: the masks are made before the engine moves the module to the accelerator, and the first
+    GPU backward would mix devices. The hook moves its mask once to the gradient's device (meta stands in
+    for the accelerator) and zeroes the pruned entries, non-finite ones too."""
+    model = torch.nn.Linear(4, 3, bias=False)
+    mask = torch.tensor([[True, False, True, True]] * 3)
+    masks = WeightMasks(model, {"weight": mask})
+    assert torch.equal(model.weight.detach() == 0, ~mask)
+    model.weight.sum().mul(float("inf")).backward()  # every gradient non-finite
+    assert torch.equal(model.weight.grad.isfinite(), ~mask) and not model.weight.grad[~mask].any()
+    masked = masks._mask_gradient(0, torch.ones(3, 4, device="meta"))
+    assert masked.device.type == "meta" and masks.masked[0][1].device.type == "meta"
 
 
 @pytest.mark.parametrize("size, per_layer", [("llama-nano", 7), ("gpt2-nano", 4), ("qwen2-nano", 7), ("qwen3-nano", 7),
