@@ -48,7 +48,7 @@ grow_360m() {
       model.size=llama-360m $BF16 $BATCH grow.steps=10
   $LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/train-360m \
       train.init_from=$RUNS/grow-360m/hf model.size=null $BF16 $BATCH train.steps=30 train.warmup_steps=5 train.eval_interval=30 \
-      train.checkpoint_interval=30
+      train.checkpoint_interval=30 train.profile_step=21  # steps 21-23 profiled: the step-10 and -20 windows stay clean
   # the same model under ZeRO-2 (it fits one GPU whole): what ZeRO-3's per-module gathers cost there
   $LAUNCH --module pipeline.train --config billion-gpu --resume auto run.dir=$RUNS/train-360m-zero2 \
       train.init_from=$RUNS/grow-360m/hf model.size=null train.deepspeed_config=zero2_bf16 $BATCH train.steps=20 \
@@ -84,4 +84,6 @@ for run in ("tiny-donor", "tiny-grow", "tiny-grown", "donor-135m", "grow-360m", 
              else "too few steps for throughput")
     print(f"[gpu-check] {run}: {speed}, peak memory per rank {peak:.2f} GB, validation loss {val}")
 PY
+TOP=$RUNS/train-360m/profile/rank0.top.txt  # where a ZeRO-3 step's time goes (the whole trace beside it)
+[ -f $TOP ] && { echo "[gpu-check] train-360m, steps 21-23, ops by own time on the GPU ($TOP):"; head -n 24 $TOP; }
 [ -z "$failed" ] || { echo "[gpu-check] failed:$failed"; exit 1; }

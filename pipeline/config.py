@@ -207,6 +207,9 @@ class TrainConfig:
     """Console / TensorBoard / JSONL logging interval in steps."""
     throughput_warmup_steps: int = 2
     """Steps after each (re)start left out of throughput numbers (allocator growth, cold caches)."""
+    profile_step: int = 0
+    """Record steps profile_step to profile_step + 2 with torch.profiler into <run>/profile/ (a timeline
+    and a table of ops per rank; pipeline/profiling.py). 0: off."""
     peak_tflops: typing.Optional[float] = None
     """Peak TFLOPS per rank, the MFU/HFU denominator. Unset: the datasheet bf16/fp16 peak of a known GPU,
     else a matmul rate measured at start (pipeline/throughput.py)."""
@@ -591,6 +594,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{name} must be positive, got {getattr(t, name)}")
     if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1:
         raise ConfigError(f"train.lr must be > 0 and train.min_lr_ratio in [0, 1] (got {t.lr}, {t.min_lr_ratio})")
+    if t.profile_step < 0:
+        raise ConfigError(f"train.profile_step must be >= 0 (0: off), got {t.profile_step}")
     if t.warmup_steps < 0 or t.moment_warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps and train.moment_warmup_steps must be >= 0 (got {t.warmup_steps}, "
                           f"{t.moment_warmup_steps})")

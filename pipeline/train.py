@@ -76,6 +76,7 @@ from pipeline.models.sizes import resolve_shape
 from pipeline.optimizer_state import SavedState, batch_change_note, install_saved_state, read_saved_state
 from pipeline.preemption import StopRequest
 from pipeline.preflight import agreed_value, all_ranks_agree
+from pipeline.profiling import StepProfiler
 from pipeline.resume import check_disk_space, check_launch, checkpoints_to_hold, prepare_run_dir
 from pipeline.throughput import ThroughputMeter
 
@@ -311,6 +312,7 @@ class Trainer:
                     print(f"[{self.stage.name}] note: {note}", flush=True)
         self.metrics = MetricsLogger(self.run_dir, self.rank == 0, 0 if self.resume_from is None else self.progress["step"])
         self.stop = StopRequest(t.preemption_grace_s)
+        self.profiler = StepProfiler(t.profile_step, self.run_dir, self.rank)
         self.skipped_in_a_row = 0
 
     def _progress(self, step: int) -> dict:
@@ -400,9 +402,11 @@ class Trainer:
         self.stage.at_step(self, step)
         while step < self.until_step:
             lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside it)
+            self.profiler.before_step(step)
             step_start = time.perf_counter()
             result = self.train_step(step)
             step_seconds = time.perf_counter() - step_start
+            self.profiler.after_step(step + 1)
             self.meter.record(step_seconds, result.data_seconds)
             self.train_seconds += step_seconds
             step += 1
@@ -438,6 +442,7 @@ class Trainer:
                           f"continue with --resume auto", flush=True)
                 break
         self.stop.close()
+        self.profiler.close()
         if step < t.steps:
             if self.rank == 0 and step == self.until_step:
                 print(f"[{self.stage.name}] stopped at step {step} (--until-step); continue with --resume auto",
