@@ -175,7 +175,10 @@ class Downstream:
         c = self.config
         model = forward_lm_class()(forward, self.tokenizer, self.max_length, c.batch_size, device)
         python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
+        device = torch.device(device)
+        on_accelerator = device.type != "cpu"  # lm-eval's torch.manual_seed reseeds the device's generator too
+        with torch.random.fork_rng(devices=[device] if on_accelerator else [],
+                                   device_type=device.type if on_accelerator else "cuda"):
             results = self.simple_evaluate(model=model, tasks=self.tasks, num_fewshot=c.num_fewshot, limit=c.limit,
                                            task_manager=self.manager, bootstrap_iters=stderr_resamples, random_seed=self.seed,
                                            numpy_random_seed=self.seed, torch_random_seed=self.seed,

@@ -456,6 +456,17 @@ def peak_tflops_per_rank(configured: float | None, dtype: torch.dtype) -> tuple[
     return measured, f"measured {dtype} matmul rate on {kind} (set train.peak_tflops to override)"
 
 
+def local_device() -> torch.device:
+    """This process's accelerator (its LOCAL_RANK's), or the CPU under DeepSpeed's CPU accelerator."""
+    return torch.device(get_accelerator().current_device_name())
+
+
+def wait_for_device() -> None:
+    """Blocks the host until the accelerator has run everything queued (nothing to wait for on the CPU):
+    before a clock read that must include the device's work."""
+    get_accelerator().synchronize()
+
+
 def peak_memory_gb() -> float:
     """This rank's peak memory: device memory allocated on accelerators, resident set size on CPU
     (DeepSpeed's CPU accelerator only samples RSS when asked, so its 'max' misses peaks)."""

@@ -60,6 +60,7 @@ from pipeline.engine import (
     skip_next_update,
     swaps_optimizer_to_disk,
     training_dtype,
+    wait_for_device,
     zero_stage,
 )
 from pipeline.flops import recompute_flops_per_token, training_flops_per_token
@@ -405,6 +406,8 @@ class Trainer:
             self.profiler.before_step(step)
             step_start = time.perf_counter()
             result = self.train_step(step)
+            if (step + 1) % t.log_interval == 0 or step + 1 == t.steps:
+                wait_for_device()  # a throughput window ends: its last update counted in it (one wait per log)
             step_seconds = time.perf_counter() - step_start
             self.profiler.after_step(step + 1)
             self.meter.record(step_seconds, result.data_seconds)

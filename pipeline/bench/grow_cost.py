@@ -56,15 +56,17 @@ def stage_engine(arm: str, config, rank: int, world_size: int, on_phase=lambda n
 
 def run_arm(arm: str, recipe: str, overrides: list[str], steps: int, warmup: int) -> dict:
     """Inside the child process: build the arm's model and engine, time `steps` training steps."""
-    from pipeline.engine import init_distributed
+    from pipeline.engine import init_distributed, wait_for_device
     rank, world_size = init_distributed()
     engine, batches = stage_engine(arm, load_config(recipe, overrides), rank, world_size)
     times = []
     for step in range(warmup + steps):
-        ids = batches.batch(step, 0)
+        ids = batches.batch(step, 0).to(engine.device)
+        wait_for_device()  # on an accelerator the clock must wait for the work it times
         start = time.perf_counter()
         engine.backward(engine(input_ids=ids, labels=ids).loss)
         engine.step()
+        wait_for_device()
         times.append(time.perf_counter() - start)
     return {"step_s": statistics.median(times[warmup:]),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -5,7 +5,9 @@
 
 Both arms train the same model (same seed, shape and data order) with the same batch, AdamW, LR
 schedule and gradient clipping, on 1 rank with the same torch threads, timing steps the same way
-(data fetch to loss on the host, the first --warmup steps excluded). The "stage" arm is the real train
+(data fetch to loss on the host, the first --warmup steps excluded), on the same device (an accelerator
+if there is one). Both in fp32: a bf16/fp16 DeepSpeed config is refused (the plain loop has no
+mixed-precision twin here). The "stage" arm is the real train
 stage (DeepSpeed engine with the recipe's ZeRO config, logging, loss all-reduce) and reads its
 tokens/s from its own metrics; the "plain" arm is model/loss.backward/clip/optimizer.step by hand.
 The arms alternate for --rounds rounds in fresh processes; the script prints medians and the ratio.
@@ -21,7 +23,8 @@ import time
 import torch
 
 from pipeline.bench.arms import alternate, medians
-from pipeline.config import load_config
+from pipeline.config import load_config, load_deepspeed_json
+from pipeline.engine import training_dtype
 
 
 def stage_tokens_per_s(config) -> float:
@@ -34,7 +37,7 @@ def stage_tokens_per_s(config) -> float:
 def plain_tokens_per_s(config, warmup: int) -> float:
     from pipeline.data.loader import TrainBatches, open_samples
     from pipeline.data.tokenizer import load_tokenizer
-    from pipeline.engine import parameter_groups, warmup_cosine
+    from pipeline.engine import local_device, parameter_groups, warmup_cosine
     from pipeline.models.hf import build_model, hf_config, special_token_ids
     from pipeline.models.sizes import resolve_shape
     from pipeline.train import seed_everything
@@ -44,14 +47,15 @@ def plain_tokens_per_s(config, warmup: int) -> float:
     target = hf_config(resolve_shape(config.model), samples.meta["vocab_size"],
                        special_token_ids(load_tokenizer(samples.meta["tokenizer"])))
     seed_everything(t.seed)
-    model = build_model(target).train()
+    device = local_device()
+    model = build_model(target).train().to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t))
     batches = TrainBatches(samples, config.data.order_seed, t.micro_batch_size, 1, 0, 1)
     timed_seconds = 0.0
     for step in range(t.steps):
         start = time.perf_counter()
-        ids = batches.batch(step, 0)
+        ids = batches.batch(step, 0).to(device)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -83,7 +87,10 @@ def main() -> None:
                 plain_tokens_per_s(config, args.warmup)
         print(json.dumps({"tokens_per_s": tokens_per_s}))
         return
-    load_config(args.config, overrides)  # fail fast on a bad recipe
+    config = load_config(args.config, overrides)  # fail fast on a bad recipe
+    if training_dtype(load_deepspeed_json(config.train.deepspeed_config)) != torch.float32:
+        raise SystemExit(f"train_overhead compares fp32 loops: {config.train.deepspeed_config} trains in bf16/fp16; "
+                         f"give an fp32 DeepSpeed config (zero0, zero1, zero2, zero3)")
     child_args = ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup), *overrides]
     median = medians(alternate("pipeline.bench.train_overhead", ("stage", "plain"), args.rounds, child_args))
     print(json.dumps({"median": median,
