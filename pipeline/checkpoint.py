@@ -39,14 +39,19 @@ def latest_tag(checkpoint_dir: Path) -> str | None:
 
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "accelerator": get_accelerator().get_rng_state()}
+            "accelerator": get_accelerator().get_rng_state(), "accelerator_name": get_accelerator().device_name()}
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict) -> bool:
+    """Restores the saved generators; False when the checkpoint was written on another kind of
+    accelerator (a CPU run resumed on GPUs, say), whose generator state this one cannot take."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if state.get("accelerator_name", "cpu") != get_accelerator().device_name():  # unnamed: written on the CPU
+        return False
     get_accelerator().set_rng_state(state["accelerator"])
+    return True
 
 
 def check_files(checkpoint_dir: Path, tag: str) -> None:
@@ -125,8 +130,10 @@ def load(engine, checkpoint_dir: Path, rank: int, universal: bool = False) -> di
     if path is None:
         raise ConfigError(f"DeepSpeed found no loadable checkpoint in {checkpoint_dir / tag}")
     rng = checkpoint_dir / tag / f"rng_rank{rank}.pt"
-    if rng.exists():
-        _set_rng_state(torch.load(rng, weights_only=False))
+    if rng.exists() and not _set_rng_state(torch.load(rng, weights_only=False)) and rank == 0:
+        print(f"[resume] {checkpoint_dir / tag} was written on another kind of accelerator: its device random "
+              f"state is not restored (dropout and other device randomness continue from a new seed; the rest "
+              f"resumes exactly)", flush=True)
     return client_state["progress"]
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import data_overrides, run_deepspeed, start_deepspeed
+from pipeline.checkpoint import _rng_state, _set_rng_state
 from pipeline.metrics import read_metrics
 
 pytestmark = pytest.mark.distributed
@@ -169,3 +170,18 @@ def test_resume_on_1_rank_then_back_on_2_through_universal_checkpoints(prepared,
         for key in ("train/loss", "val/loss"):
             if key in theirs:
                 assert mine[key] == pytest.approx(theirs[key], rel=2e-3), (mine["step"], key)
+
+
+def test_rng_state_from_another_kind_of_accelerator_restores_the_host_generators_only():
+    """A checkpoint written on GPUs resumed here (or the reverse): the device generator's state does not
+    fit this accelerator's, so it is left alone (and the resume says so); the host generators resume."""
+    saved = _rng_state()
+    expected = (random.random(), torch.rand(3))
+    foreign = {**saved, "accelerator": torch.zeros(16, dtype=torch.uint8), "accelerator_name": "cuda"}
+    assert _set_rng_state(foreign) is False
+    got = (random.random(), torch.rand(3))
+    assert got[0] == expected[0] and torch.equal(got[1], expected[1])
+    assert _set_rng_state(saved) is True
+    again = (random.random(), torch.rand(3))
+    assert again[0] == expected[0] and torch.equal(again[1], expected[1])
+
