@@ -18,6 +18,10 @@ moments, fp32 masters under bf16, divided by the ranks where the stage partition
 of one micro-batch, the logits and the loss's fp32 copies, and DeepSpeed's communication buckets; for
 the grow stage the operator's states, the frozen donor and the generated target weights instead of
 the target's states.
+
+Written for CPU ranks, where the model states live in the resident set. On an accelerator they live in
+device memory: there compare the training-steps column (perf/peak_memory_gb, the device's peak
+allocation) with the theory; the "measured / theory" ratios, read from host RSS, do not apply.
 """
 
 from __future__ import annotations
