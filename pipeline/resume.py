@@ -28,8 +28,8 @@ from pipeline.config import Config, ConfigError
 # sections a stage does not read (its `unread_sections`: `grow` and `prune` for the train stage, `bench` for all),
 # nor downstream evaluation (the `eval` section).
 HARMLESS_KEYS = {"run.dir", "train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint_interval",
-                 "train.keep_checkpoints", "train.throughput_warmup_steps", "train.peak_tflops", "train.profile_step", "train.save_hf",
-                 "train.save_hf_optimizer",
+                 "train.keep_checkpoints", "train.throughput_warmup_steps", "train.peak_tflops", "train.profile_step",
+                 "train.save_hf", "train.save_hf_optimizer",
                  "train.preemption_grace_s", "train.max_skipped_steps", "data.num_proc",
                  # a resumed run keeps the data start it was launched with (its checkpoint's progress), and
                  # how prepare divided .txt files shows in the packed data's key, which resume checks
