@@ -279,6 +279,19 @@ def offloads_optimizer(ds: dict) -> bool:
     return ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
 
 
+def single_rank_zero3_note(ds: dict, world_size: int) -> str | None:
+    """ZeRO-3 on one rank partitions nothing and still pays its gathers around every layer: worth it
+    there only to offload. None where that does not apply."""
+    zero = ds.get("zero_optimization", {})
+    offloads = any(zero.get(key, {}).get("device", "none") != "none" for key in ("offload_optimizer", "offload_param"))
+    if zero_stage(ds) != 3 or world_size > 1 or offloads:
+        return None
+    return ("ZeRO-3 on a single rank partitions nothing and adds gathers around every layer (on the CPU ~41 ms "
+            "per decoder layer per step, 2.5x ZeRO-2's step: benchmarks/2026-12-04-train-overhead-zero3.md); a "
+            "ZeRO-2 config (zero2, zero2_bf16) trains the same model faster where its states (16 bytes per "
+            "parameter) fit the device")
+
+
 def swaps_optimizer_to_disk(ds: dict) -> bool:
     return ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "nvme"
 

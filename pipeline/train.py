@@ -57,6 +57,7 @@ from pipeline.engine import (
     peak_tflops_per_rank,
     restore_param_group_settings,
     return_freed_tensors_to_the_os,
+    single_rank_zero3_note,
     skip_next_update,
     swaps_optimizer_to_disk,
     training_dtype,
@@ -212,6 +213,9 @@ class Trainer:
             ds = deepspeed_config(t, self.world_size, resolve_shape(config.model), self.run_dir / "nvme")
             if zero_stage(ds) == 3:
                 return_freed_tensors_to_the_os()  # before the model: ZeRO-3's gathers churn the heap
+            single_rank_note = single_rank_zero3_note(ds, self.world_size)
+            if single_rank_note and self.rank == 0:
+                print(f"[{self.stage.name}] note: {single_rank_note}", flush=True)
             saved = self.stage.saved_optimizer(config)
             self.offloaded_optimizer = offloads_optimizer(ds)
             if saved is not None and self.offloaded_optimizer:

@@ -155,6 +155,19 @@ def test_auto_zero_sizes_are_filled_from_the_model_shape(tmp_path):
     assert auto_zero_size("allgather_bucket_size", shape) == 768 ** 2
 
 
+def test_zero3_on_a_single_rank_is_pointed_out_unless_it_offloads():
+    from pipeline.engine import deepspeed_config, single_rank_zero3_note
+    from pipeline.models.sizes import SIZES
+
+    def note(ds_name, ranks):
+        train = load_config("tiny", [f"train.deepspeed_config={ds_name}"]).train
+        return single_rank_zero3_note(deepspeed_config(train, ranks, SIZES["llama-micro"], "nvme"), ranks)
+
+    assert "ZeRO-2 config" in note("zero3_bf16", 1)
+    assert note("zero3_bf16", 2) is None and note("zero2", 1) is None
+    assert note("zero3_bf16_nvme", 1) is None  # offloading is what ZeRO-3 buys on one rank
+
+
 def test_shapes_from_checkpoints(tmp_path):
     """train.init_from with no shape in the recipe takes the checkpoint's; "<factor>x" fields are relative to
     grow.donor; a set shape is kept (the train stage then checks it against the checkpoint)."""
