@@ -23,13 +23,13 @@ class StepProfiler:
 
     def __init__(self, first: int, run_dir: Path, rank: int):
         self.first, self.out_dir, self.rank = first, run_dir / "profile", rank
-        self.device = torch.cuda.is_available()  # the profiler's device activity: CUDA (and ROCm through it)
+        self.on_cuda = torch.cuda.is_available()  # the profiler's device activity: CUDA (and ROCm through it)
         self.active: profile | None = None
 
     def before_step(self, done: int) -> None:
         """`done`: the steps finished so far; the next one is step done + 1."""
         if self.first and done + 1 == self.first:
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device else [])
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.on_cuda else [])
             self.active = profile(activities=activities)
             self.active.__enter__()
 
@@ -45,7 +45,7 @@ class StepProfiler:
         recording.__exit__(None, None, None)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         recording.export_chrome_trace(str(self.out_dir / f"rank{self.rank}.trace.json"))
-        sort_by = "self_device_time_total" if self.device else "self_cpu_time_total"
+        sort_by = "self_device_time_total" if self.on_cuda else "self_cpu_time_total"
         table = recording.key_averages().table(sort_by=sort_by, row_limit=30)
         (self.out_dir / f"rank{self.rank}.top.txt").write_text(table + "\n")
         if self.rank == 0:

@@ -410,7 +410,8 @@ class Trainer:
             self.profiler.before_step(step)
             step_start = time.perf_counter()
             result = self.train_step(step)
-            if (step + 1) % t.log_interval == 0 or step + 1 == t.steps:
+            logs = (step + 1) % t.log_interval == 0 or step + 1 == t.steps
+            if logs:
                 wait_for_device()  # a throughput window ends: its last update counted in it (one wait per log)
             step_seconds = time.perf_counter() - step_start
             self.profiler.after_step(step + 1)
@@ -422,7 +423,7 @@ class Trainer:
             self.skipped_in_a_row = self.skipped_in_a_row + 1 if result.skipped else 0
             if result.skipped:
                 scalars["train/skipped_steps_in_a_row"] = self.skipped_in_a_row
-            if step % t.log_interval == 0 or step == t.steps:  # read back only here: each read waits for the device
+            if logs:  # read back only here: each read waits for the device
                 grad_norm = self.engine.get_global_grad_norm()
                 if grad_norm is not None:
                     scalars["train/grad_norm"] = float(grad_norm)
