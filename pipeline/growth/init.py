@@ -29,7 +29,8 @@ the residual stream only, an optional writer matrix (what the residual's produce
                   (LEMON's average expansion: the mean is unchanged and the new units add no variance;
                   the norms' new bias entries are 0 so they emit zeros). Readers' new columns copy a
                   donor unit's columns times a random factor in [0.5, 1.5]: they read zeros at first, and
-                  give the new units distinct gradients.
+                  give the new units gradients that differ in scale. Adam ignores the scale, so two new
+                  units of one donor unit part only as fast as their factors differ (slowly when close).
   copy          Net2Net / HyperCloning: unit i < N1 keeps itself, unit i >= N1 copies unit (i - N1) mod N1;
                 readers divide by the copy count. Lossless only when every unit has the same number of
                 copies (integer ratios): unequal counts change the norms' statistics.
